@@ -1,0 +1,184 @@
+"""Load a text-classification dataset as a `train` and an `eval` split with a `text` and a `label` column.
+
+Sources: a Hub name (`stanfordnlp/imdb`), a local directory of parquet/CSV/JSON(L) files named by split, one such file
+(its split partner is looked up beside it), or the raw Stanford `aclImdb/` folder. Errors are one line saying what to pass.
+"""
+
+from pathlib import Path
+
+import datasets
+from datasets import ClassLabel, Dataset, DatasetDict
+
+TEXT_COLUMNS = ("text", "sentence", "review", "content")
+LABEL_COLUMNS = ("label", "labels", "sentiment")
+EVAL_SPLITS = ("test", "validation")  # first found is the eval split
+FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+# Datasets that store integer labels without names; IMDB's Hub copy calls 0 "neg" and 1 "pos".
+KNOWN_LABEL_NAMES = {"imdb": ["neg", "pos"]}
+
+
+def load_splits(name: str, text_column: str | None = None, label_column: str | None = None):
+    """Return (DatasetDict with `train` and `eval`, each with columns `text` and `label`; the label names)."""
+    path = Path(name).expanduser()
+    if path.is_dir() and _aclimdb_root(path) is not None:
+        raw = _load_aclimdb(_aclimdb_root(path))
+    elif path.exists():
+        raw = _load_files(path)
+    elif _looks_like_path(name):
+        raise FileNotFoundError(f"--dataset_name {name}: no such file or directory")
+    else:
+        raw = _load_hub(name)
+    return _normalize(raw, name, text_column, label_column)
+
+
+def select_subset(split: Dataset, num_rows: int, seed: int) -> Dataset:
+    """The recipe's subset: `shuffle(seed).select(range(num_rows))`; num_rows <= 0 keeps the whole split."""
+    if num_rows <= 0 or num_rows >= len(split):
+        return split
+    return split.shuffle(seed=seed).select(range(num_rows))
+
+
+def tokenize(split: Dataset, tokenizer, max_length: int) -> Dataset:
+    """Token ids truncated to max_length and *not* padded: the collator pads each batch to its own longest row."""
+    tokenized = split.map(
+        lambda rows: tokenizer(rows["text"], truncation=True, max_length=max_length),
+        batched=True,
+        remove_columns=["text"],
+        desc="Tokenizing",
+    )
+    return tokenized.rename_column("label", "labels")
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "name" or "owner/name"; anything else that does not exist is a mistyped local path.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix in FILE_FORMATS
+
+
+def _load_hub(name: str) -> DatasetDict:
+    try:
+        return datasets.load_dataset(name)
+    except (ConnectionError, OSError) as error:
+        raise ConnectionError(
+            f"--dataset_name {name}: cannot load it from the Hugging Face Hub ({type(error).__name__}); "
+            "check your network, or pass a local directory or file (e.g. --dataset_name ../shared/data/imdb)"
+        ) from error
+
+
+def _split_of(file: Path) -> str:
+    """`train.parquet`, `train-00000-of-00001.parquet`, `test_clean.csv` -> the split name before the first - _ or ."""
+    stem = file.name
+    for separator in "-_.":
+        stem = stem.split(separator)[0]
+    return stem.lower()
+
+
+def _load_files(path: Path) -> DatasetDict:
+    if path.is_file():
+        if path.suffix not in FILE_FORMATS:
+            raise ValueError(f"--dataset_name {path}: unsupported file type; use parquet, csv, json or jsonl")
+        candidates = [p for p in path.parent.iterdir() if p.suffix == path.suffix]
+        splits = {"train": [path]}
+    else:
+        candidates = sorted(p for p in path.rglob("*") if p.suffix in FILE_FORMATS)
+        splits = {"train": [p for p in candidates if _split_of(p) == "train"]}
+        if not splits["train"]:
+            raise FileNotFoundError(
+                f"--dataset_name {path}: no train file found; expected train.parquet, train.csv or train.jsonl "
+                "(or the aclImdb/ folder)"
+            )
+    for split in EVAL_SPLITS:
+        files = [p for p in candidates if _split_of(p) == split]
+        if files:
+            splits["eval"] = files
+            break
+    else:
+        raise FileNotFoundError(
+            f"--dataset_name {path}: no test or validation split found beside the train data; "
+            f"add a test{splits['train'][0].suffix} or validation{splits['train'][0].suffix} file"
+        )
+    formats = {FILE_FORMATS[f.suffix] for files in splits.values() for f in files}
+    if len(formats) > 1:
+        raise ValueError(f"--dataset_name {path}: mixed file types {sorted(formats)}; keep one format per dataset")
+    fmt = formats.pop()
+    # One load per split: splits may differ in extra columns, which one multi-split load refuses.
+    return DatasetDict({split: _load_file_split(fmt, files) for split, files in splits.items()})
+
+
+def _load_file_split(fmt: str, files: list[Path]) -> Dataset:
+    try:
+        return datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")
+    except datasets.exceptions.DatasetGenerationError as error:
+        cause = str(error.__cause__ or error).strip().splitlines()[-1]
+        raise ValueError(f"{', '.join(map(str, files))}: cannot read it as {fmt} ({cause})") from error
+
+
+def _aclimdb_root(path: Path) -> Path | None:
+    for root in (path, path / "aclImdb"):
+        if all((root / split / label).is_dir() for split in ("train", "test") for label in ("pos", "neg")):
+            return root
+    return None
+
+
+def _load_aclimdb(root: Path) -> DatasetDict:
+    """The Stanford folder: {train,test}/{neg,pos}/ID_RATING.txt, one review per file (neg = 0, pos = 1)."""
+    splits = {}
+    for split, name in (("train", "train"), ("test", "eval")):
+        texts, labels = [], []
+        for label, sentiment in enumerate(("neg", "pos")):
+            files = sorted((root / split / sentiment).glob("*.txt"), key=lambda f: int(f.stem.split("_")[0]))
+            for file in files:
+                try:
+                    texts.append(file.read_text(encoding="utf-8"))
+                except UnicodeDecodeError as error:
+                    raise ValueError(f"{file}: not valid UTF-8 (byte {error.start}); fix or remove the file") from None
+                labels.append(label)
+        features = datasets.Features({"text": datasets.Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+        splits[name] = Dataset.from_dict({"text": texts, "label": labels}, features=features)
+    return DatasetDict(splits)
+
+
+def _find_column(split: Dataset, given: str | None, candidates: tuple, flag: str, source: str) -> str:
+    if given is not None:
+        if given not in split.column_names:
+            raise ValueError(f"{source}: no column {given!r} ({flag}); columns are {split.column_names}")
+        return given
+    for name in candidates:
+        if name in split.column_names:
+            return name
+    raise ValueError(f"{source}: none of the columns {split.column_names} is a known {flag[2:]}; pass {flag}")
+
+
+def _normalize(raw: DatasetDict, source: str, text_column: str | None, label_column: str | None):
+    if "train" not in raw:
+        raise ValueError(f"--dataset_name {source}: no train split (splits: {list(raw)})")
+    if "eval" not in raw:
+        eval_split = next((s for s in EVAL_SPLITS if s in raw), None)
+        if eval_split is None:
+            raise ValueError(f"--dataset_name {source}: no test or validation split (splits: {list(raw)})")
+        raw = DatasetDict(train=raw["train"], eval=raw[eval_split])
+    raw = DatasetDict(train=raw["train"], eval=raw["eval"])
+    text = _find_column(raw["train"], text_column, TEXT_COLUMNS, "--text_column", source)
+    label = _find_column(raw["train"], label_column, LABEL_COLUMNS, "--label_column", source)
+    for split in raw.values():
+        for column in (text, label):
+            if column not in split.column_names:
+                raise ValueError(f"{source}: the eval split has no column {column!r}; columns are {split.column_names}")
+    raw = raw.select_columns([text, label])
+    if (text, label) != ("text", "label"):
+        raw = raw.rename_columns({text: "text", label: "label"})
+
+    feature = raw["train"].features["label"]
+    if isinstance(feature, ClassLabel):
+        names = list(feature.names)
+    elif feature.dtype in ("string", "large_string"):
+        # String labels become ids in sorted order; the strings are kept as the label names.
+        names = sorted(set(raw["train"].unique("label")) | set(raw["eval"].unique("label")))
+        raw = raw.cast_column("label", ClassLabel(names=names))
+    else:
+        values = set(raw["train"].unique("label")) | set(raw["eval"].unique("label"))
+        if min(values) < 0:
+            raise ValueError(f"{source}: label {min(values)} is negative; integer labels must be 0..num_labels-1")
+        known = next((v for k, v in KNOWN_LABEL_NAMES.items() if k in source.lower()), None)
+        num_labels = max(values) + 1
+        names = known if known and len(known) >= num_labels else [f"LABEL_{i}" for i in range(num_labels)]
+    return raw, names

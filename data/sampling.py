@@ -1,0 +1,60 @@
+"""Which training rows each process sees, in which batches, and how many rows each optimizer step covers.
+
+We shard the training set ourselves instead of letting accelerate wrap a sampler, for two reasons:
+- accelerate's `even_batches` fills the last batches with rows from the start of the epoch, so some rows are trained on
+  twice; here every row is seen exactly once per epoch and a stand-in row, when one is needed, has weight 0;
+- process p takes the p-th slice of every *global* batch, so N processes with batch size b take exactly the optimizer
+  steps of one process with batch size N * b: results do not depend on how many GPUs ran them.
+"""
+
+import math
+
+import torch
+from torch.utils.data import Dataset
+
+
+def global_batches(num_rows: int, global_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The epoch's shuffled row order cut into global batches; the same on every process for the same seed and epoch."""
+    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    return [order[start : start + global_batch_size] for start in range(0, num_rows, global_batch_size)]
+
+
+def process_batches(batches: list[list[int]], num_rows: int, num_processes: int, process_index: int) -> list[list[int]]:
+    """This process's share of each global batch: a contiguous slice, sizes differing by at most one row.
+
+    A process whose share of the (short) last global batch is empty gets that batch's first row as a stand-in, encoded as
+    `index + num_rows` so that `WeightedRows` gives it weight 0: every process must run the same number of steps, or the
+    gradient all-reduce would wait forever.
+    """
+    shares = []
+    for batch in batches:
+        share = [part.tolist() for part in torch.tensor(batch).tensor_split(num_processes)][process_index]
+        shares.append(share if share else [batch[0] + num_rows])
+    return shares
+
+
+def rows_per_optimizer_step(batches: list[list[int]], gradient_accumulation_steps: int) -> list[int]:
+    """Real rows (all processes) behind each optimizer step; the last step of an epoch may close a short group."""
+    sizes = [len(batch) for batch in batches]
+    steps = math.ceil(len(sizes) / gradient_accumulation_steps)
+    return [sum(sizes[s * gradient_accumulation_steps : (s + 1) * gradient_accumulation_steps]) for s in range(steps)]
+
+
+class WeightedRows(Dataset):
+    """Tokenized rows with a `loss_weight`: 1.0 for a real row, 0.0 for a stand-in (index >= len(rows))."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        columns = self.rows[[i % len(self.rows) for i in indices]]  # one Arrow read for the whole batch
+        return [
+            {**{name: values[j] for name, values in columns.items()}, "loss_weight": float(i < len(self.rows))}
+            for j, i in enumerate(indices)
+        ]

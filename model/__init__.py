@@ -1,0 +1,81 @@
+"""Model: tokenizer and classifier loading (with the pad-token fix), the max length, and weight-decay groups."""
+
+import logging
+
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_LENGTH = 512  # the recipe's cap, also for models that allow more (GPT-2: 1024)
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.RMSNorm)
+
+
+def load_tokenizer(name: str):
+    """The model's tokenizer; one without a pad token (GPT-2) pads with its end-of-sequence token."""
+    tokenizer = _from_pretrained(AutoTokenizer, name)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"--model_name_or_path {name}: the tokenizer has neither a pad nor an eos token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info(f"The tokenizer has no pad token: padding with its eos token {tokenizer.eos_token!r}")
+    return tokenizer
+
+
+def load_classifier(name: str, label_names: list[str], tokenizer):
+    """A sequence classifier with one output per label; the labels' names go into its config for pipelines."""
+    model = _from_pretrained(
+        AutoModelForSequenceClassification,
+        name,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={label: i for i, label in enumerate(label_names)},
+    )
+    # GPT-2-style classifiers read the last non-pad token, so the model must know which id is padding.
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def resolve_max_length(requested: int | None, tokenizer, config) -> int:
+    """--max_length, or the model's own limit capped at 512; a request above the model's limit is clamped."""
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    limit = min(tokenizer.model_max_length, positions or tokenizer.model_max_length)
+    if requested is None:
+        return min(limit, DEFAULT_MAX_LENGTH)
+    if requested <= 0:
+        raise ValueError(f"--max_length must be positive, got {requested}")
+    if requested > limit:
+        logger.warning(f"--max_length {requested} is above the model's limit of {limit} tokens: using {limit}")
+        return limit
+    return requested
+
+
+def no_decay_parameter_names(model: nn.Module) -> set[str]:
+    """Biases and normalization weights, found by tensor rank and module type (GPT-2 names its norms ln_1, ln_f...)."""
+    names = set()
+    for module_name, module in model.named_modules():
+        is_norm = isinstance(module, NORM_TYPES) or "norm" in type(module).__name__.lower()
+        for param_name, param in module.named_parameters(recurse=False):
+            if is_norm or param.ndim < 2:
+                names.add(f"{module_name}.{param_name}" if module_name else param_name)
+    return names
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on every trainable matrix, none on biases and norms."""
+    no_decay = no_decay_parameter_names(model)
+    trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    return [
+        {"params": [p for n, p in trainable if n not in no_decay], "weight_decay": weight_decay},
+        {"params": [p for n, p in trainable if n in no_decay], "weight_decay": 0.0},
+    ]
+
+
+def _from_pretrained(auto_class, name: str, **kwargs):
+    try:
+        return auto_class.from_pretrained(name, **kwargs)
+    except OSError as error:
+        raise OSError(
+            f"--model_name_or_path {name}: cannot load it ({str(error).splitlines()[0]}); pass a local model directory "
+            "(e.g. ../shared/models/all-MiniLM-L6-v2) or a Hub name with the network reachable"
+        ) from error

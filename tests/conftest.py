@@ -1,0 +1,111 @@
+"""Shared fixtures: the local stand-ins for the Hub (skipped with a reason when missing), tiny from-config models, and a
+helper that runs train.py in a subprocess (one process, or `accelerate launch` with N CPU processes)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+IMDB_DIR = Path(os.environ.get("TEST_IMDB_DIR", SHARED / "data" / "imdb"))
+MINILM_DIR = Path(os.environ.get("TEST_MINILM_DIR", SHARED / "models" / "all-MiniLM-L6-v2"))
+GPT2_TOKENIZER_DIR = Path(os.environ.get("TEST_GPT2_TOKENIZER_DIR", SHARED / "models" / "gpt2-tokenizer"))
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"test asset missing: {path} (set TEST_IMDB_DIR / TEST_MINILM_DIR / TEST_GPT2_TOKENIZER_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def imdb_dir() -> Path:
+    return require(IMDB_DIR)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return require(MINILM_DIR)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer_dir() -> Path:
+    return require(GPT2_TOKENIZER_DIR)
+
+
+@pytest.fixture(scope="session")
+def small_imdb(imdb_dir, tmp_path_factory) -> Path:
+    """A directory with IMDB-shaped train.parquet (64 rows) and test.parquet (101 rows), both classes mixed."""
+    out = tmp_path_factory.mktemp("small_imdb")
+    for split, rows in (("train", 64), ("test", 101)):
+        frame = pd.read_parquet(imdb_dir / f"{split}.parquet").sample(n=rows, random_state=0)
+        frame.reset_index(drop=True).to_parquet(out / f"{split}.parquet")
+    return out
+
+
+def _save_tiny(model, tokenizer, path: Path) -> Path:
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(minilm_dir, tmp_path_factory) -> Path:
+    """A 2-layer BERT (dropout off, so runs are comparable step by step) with the MiniLM tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    return _save_tiny(BertForSequenceClassification(config), tokenizer, tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(gpt2_tokenizer_dir, tmp_path_factory) -> Path:
+    """A 2-layer GPT-2 with the real GPT-2 tokenizer, which has no pad token."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_tokenizer_dir)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    return _save_tiny(GPT2ForSequenceClassification(config), tokenizer, tmp_path_factory.mktemp("tiny_gpt2"))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_train(args: list, processes: int = 1, use_cpu_group: bool = True, check: bool = True):
+    """Run train.py (`accelerate launch` when processes > 1); fail loudly with its output when it fails."""
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if processes == 1:
+        command = [sys.executable, str(ROOT / "train.py")]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                   str(processes), "--num_cpu_threads_per_process", "1", "--main_process_port", str(_free_port()),
+                   str(ROOT / "train.py")]
+        if use_cpu_group:
+            env["ACCELERATE_USE_CPU"] = "1"  # gloo on the CPU: without it each process trains alone
+    result = subprocess.run(command + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def read_outputs(output_dir: Path):
+    """(metrics.json as a dict, log.jsonl as a list of dicts)."""
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    log = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
+    return metrics, log

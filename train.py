@@ -1,0 +1,272 @@
+"""Fine-tune a pretrained transformer for text classification with a hand-written Accelerate loop.
+
+    accelerate launch train.py                      # the reference recipe: bert-base-cased on 5,000 IMDB reviews
+    python train.py --model_name_or_path DIR ...    # one process, no launcher: a debugger can step through the loop
+
+Top to bottom: arguments; data and model; optimizer and schedule; evaluation; the training loop; outputs.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import datasets
+import torch
+import torch.nn.functional as F
+import transformers
+from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
+
+from data import (
+    WeightedRows,
+    global_batches,
+    load_splits,
+    process_batches,
+    rows_per_optimizer_step,
+    select_subset,
+    tokenize,
+)
+from metrics import classification_metrics, format_report
+from model import load_classifier, load_tokenizer, parameter_groups, resolve_max_length
+
+logger = logging.getLogger("train")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", default="stanfordnlp/imdb",
+                      help="Hub name, or a local directory/file (parquet, csv, json, jsonl) or aclImdb/ folder")
+    data.add_argument("--text_column", default=None, help="default: the first of text, sentence, review, content")
+    data.add_argument("--label_column", default=None, help="default: the first of label, labels, sentiment")
+    data.add_argument("--train_samples", type=int, default=5000, help="rows of the train split; <= 0: all")
+    data.add_argument("--eval_samples", type=int, default=5000, help="rows of the test/validation split; <= 0: all")
+    data.add_argument("--subset_seed", type=int, default=42, help="the subset is split.shuffle(seed).select(range(n))")
+    data.add_argument("--max_length", type=int, default=None,
+                      help="truncate to this many tokens (default: the model's limit, at most 512)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name_or_path", default="google-bert/bert-base-cased")
+    optim = parser.add_argument_group("optimization")
+    optim.add_argument("--per_device_train_batch_size", type=int, default=8)
+    optim.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    optim.add_argument("--learning_rate", type=float, default=5e-5)
+    optim.add_argument("--weight_decay", type=float, default=0.01, help="not applied to biases and norm weights")
+    optim.add_argument("--num_train_epochs", type=int, default=3)
+    optim.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps; overrides --num_train_epochs")
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--num_warmup_steps", type=int, default=None, help="linear warmup steps (default 0)")
+    optim.add_argument("--warmup_ratio", type=float, default=None, help="warmup as a fraction of the optimizer steps")
+    optim.add_argument("--max_grad_norm", type=float, default=1.0, help="clip the gradient norm; <= 0: no clipping")
+    optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+                       help="default: what `accelerate launch` / `accelerate config` says, else no")
+    optim.add_argument("--seed", type=int, default=42, help="model init, dropout and the training order")
+    output = parser.add_argument_group("output")
+    output.add_argument("--output_dir", default="result")
+    output.add_argument("--logging_steps", type=int, default=10, help="write a log.jsonl line every N optimizer steps")
+    args = parser.parse_args(argv)
+
+    # Fail before any work: every check a user can get wrong from the command line.
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs",
+                 "gradient_accumulation_steps", "logging_steps"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.learning_rate <= 0:
+        parser.error(f"--learning_rate must be positive, got {args.learning_rate}")
+    if args.max_train_steps is not None and args.max_train_steps <= 0:
+        parser.error(f"--max_train_steps must be positive, got {args.max_train_steps}")
+    if args.num_warmup_steps is not None and args.warmup_ratio is not None:
+        parser.error("give --num_warmup_steps or --warmup_ratio, not both")
+    if args.warmup_ratio is not None and not 0 <= args.warmup_ratio < 1:
+        parser.error(f"--warmup_ratio must be in [0, 1), got {args.warmup_ratio}")
+    return args
+
+
+def load_data_and_model(args, accelerator):
+    """Tokenized train/eval rows, label names, tokenizer and classifier; bad input is one line and exit code 1."""
+    try:
+        splits, label_names = load_splits(args.dataset_name, args.text_column, args.label_column)
+        # Pick the subset before tokenizing: only the rows we use are tokenized.
+        train_rows = select_subset(splits["train"], args.train_samples, args.subset_seed)
+        eval_rows = select_subset(splits["eval"], args.eval_samples, args.subset_seed)
+        tokenizer = load_tokenizer(args.model_name_or_path)
+        classifier = load_classifier(args.model_name_or_path, label_names, tokenizer)
+        args.max_length = resolve_max_length(args.max_length, tokenizer, classifier.config)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
+    # The main process tokenizes first and fills the datasets cache; the others then read it.
+    with accelerator.main_process_first():
+        train_tokens = tokenize(train_rows, tokenizer, args.max_length)
+        eval_tokens = tokenize(eval_rows, tokenizer, args.max_length)
+    return train_tokens, eval_tokens, label_names, tokenizer, classifier
+
+
+def evaluate(model, eval_loader, accelerator, label_names) -> dict | None:
+    """Metrics over every eval row exactly once; computed on the main process (others get None)."""
+    model.eval()
+    predictions, labels, losses = [], [], []
+    for batch in tqdm(eval_loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
+        batch_labels = batch.pop("labels")
+        with torch.no_grad():
+            logits = model(**batch).logits
+        batch_losses = F.cross_entropy(logits.float(), batch_labels, reduction="none")
+        # One gather per batch; gather_for_metrics drops the rows accelerate repeated to even out the last batch.
+        gathered = accelerator.gather_for_metrics((logits.argmax(dim=-1), batch_labels, batch_losses))
+        for store, tensor in zip((predictions, labels, losses), gathered):
+            store.append(tensor.cpu())
+    model.train()
+    if not accelerator.is_main_process:
+        return None
+    labels, predictions = torch.cat(labels).numpy(), torch.cat(predictions).numpy()
+    result = classification_metrics(labels, predictions, label_names)
+    return result | {"loss": torch.cat(losses).mean().item(), "rows": len(labels)}
+
+
+def main(args) -> None:
+    start_time = time.perf_counter()
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              mixed_precision=args.mixed_precision)
+    is_main = accelerator.is_main_process
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:  # e.g. --multi_gpu on a machine without GPUs: N lone trainings
+        raise SystemExit(f"error: the launcher started {launched} processes but they did not join one group, so each "
+                         "would train alone; on a CPU set ACCELERATE_USE_CPU=1 (or pass --cpu to accelerate launch)")
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO if accelerator.is_local_main_process else logging.ERROR)
+    if not accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+    set_seed(args.seed)  # before the classifier head is initialized
+
+    # ---- Data and model ----
+    train_tokens, eval_tokens, label_names, tokenizer, classifier = load_data_and_model(args, accelerator)
+    collator = DataCollatorWithPadding(tokenizer)  # pads each batch to its own longest row
+    eval_loader = DataLoader(eval_tokens, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
+
+    # ---- Optimizer and schedule, counted in optimizer steps across all processes ----
+    num_processes, accumulation = accelerator.num_processes, args.gradient_accumulation_steps
+    global_batch_size = args.per_device_train_batch_size * num_processes
+    steps_per_epoch = math.ceil(math.ceil(len(train_tokens) / global_batch_size) / accumulation)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    num_warmup_steps = args.num_warmup_steps or math.ceil((args.warmup_ratio or 0) * max_train_steps)
+    optimizer = torch.optim.AdamW(parameter_groups(classifier, args.weight_decay), lr=args.learning_rate)
+    lr_scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps, max_train_steps)
+    # The scheduler is not prepared: accelerate's wrapper steps it once per process per step; we step it by hand once.
+    model, optimizer, eval_loader = accelerator.prepare(classifier, optimizer, eval_loader)
+
+    config = vars(args) | {
+        "mixed_precision": accelerator.mixed_precision, "num_processes": num_processes,
+        "total_train_batch_size": global_batch_size * accumulation, "max_train_steps": max_train_steps,
+        "num_train_epochs": num_epochs, "num_warmup_steps": num_warmup_steps, "label_names": label_names,
+        "train_rows": len(train_tokens), "eval_rows": len(eval_tokens),
+    }
+    logger.info(f"Training {len(train_tokens)} rows, evaluating {len(eval_tokens)}: {num_epochs} epochs, "
+                f"{max_train_steps} optimizer steps of {global_batch_size * accumulation} rows "
+                f"({num_processes} processes x {args.per_device_train_batch_size} x {accumulation} accumulated)")
+    output_dir = Path(args.output_dir)
+    log_file = None
+    if is_main:  # one writer: only the main process touches output_dir
+        output_dir.mkdir(parents=True, exist_ok=True)
+        log_file = open(output_dir / "log.jsonl", "w")
+
+    # ---- Evaluation before training ----
+    history = {"before": evaluate(model, eval_loader, accelerator, label_names), "epochs": []}
+    if is_main:
+        accelerator.print(f"Before training:\n{format_report(history['before'])}")
+
+    # ---- The training loop ----
+    completed_steps = 0
+    window_loss, window_rows, window_start = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
+    progress = tqdm(total=max_train_steps, desc="train", disable=not accelerator.is_local_main_process)
+    model.train()
+    for epoch in range(num_epochs):
+        # Every process builds the same global batches and takes its own slice of each (see data/sampling.py).
+        batches = global_batches(len(train_tokens), global_batch_size, args.seed, epoch)
+        rows_per_step = rows_per_optimizer_step(batches, accumulation)
+        shard = process_batches(batches, len(train_tokens), num_processes, accelerator.process_index)
+        # Already sharded, so accelerate must not shard again (num_processes=1); it moves batches to the device and
+        # marks the epoch's last batch, which makes accumulate() step on a short final group too.
+        train_loader = prepare_data_loader(
+            DataLoader(WeightedRows(train_tokens), batch_sampler=shard, collate_fn=collator),
+            device=accelerator.device, num_processes=1, process_index=0,
+        )
+        epoch_loss, epoch_rows = torch.zeros((), device=accelerator.device), 0
+        for micro_step, batch in enumerate(train_loader):
+            step_rows = rows_per_step[micro_step // accumulation]
+            with accelerator.accumulate(model):
+                labels, weights = batch.pop("labels"), batch.pop("loss_weight")
+                logits = model(**batch).logits
+                row_losses = F.cross_entropy(logits.float(), labels, reduction="none") * weights
+                # The step's loss is the mean over all its real rows (every micro-batch, every process), whatever the
+                # batch sizes: DDP averages gradients over processes and backward() divides by GA, so undo both.
+                accelerator.backward(row_losses.sum() * num_processes * accumulation / step_rows)
+                window_loss += row_losses.detach().sum()
+                epoch_loss += row_losses.detach().sum()
+                if accelerator.sync_gradients:  # the last micro-batch of a group: clip, step, schedule
+                    if args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    learning_rate = lr_scheduler.get_last_lr()[0]
+                    optimizer.step()
+                    if not accelerator.optimizer_step_was_skipped:  # fp16 skips steps with inf gradients
+                        lr_scheduler.step()
+                    optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            completed_steps += 1
+            window_rows, epoch_rows = window_rows + step_rows, epoch_rows + step_rows
+            progress.update(1)
+            if completed_steps % args.logging_steps == 0 or completed_steps == max_train_steps:
+                # Sum over processes, divide by the real rows: the mean over the samples of the logged steps.
+                loss = accelerator.reduce(window_loss, reduction="sum").item() / window_rows
+                seconds = time.perf_counter() - window_start
+                record = {"step": completed_steps, "epoch": round(epoch + (micro_step + 1) / len(shard), 4),
+                          "loss": loss, "learning_rate": learning_rate, "samples_per_second": window_rows / seconds}
+                if is_main:
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{learning_rate:.2e}")
+                window_loss, window_rows, window_start = torch.zeros_like(window_loss), 0, time.perf_counter()
+            if completed_steps >= max_train_steps:
+                break
+        train_loss = accelerator.reduce(epoch_loss, reduction="sum").item() / epoch_rows
+
+        # ---- Evaluation after each epoch ----
+        eval_start = time.perf_counter()
+        metrics = evaluate(model, eval_loader, accelerator, label_names)
+        window_start += time.perf_counter() - eval_start  # samples/s counts training time only
+        if is_main:
+            history["epochs"].append({"epoch": epoch + 1, "step": completed_steps, "train_loss": train_loss} | metrics)
+            logger.info(f"epoch {epoch + 1}: train loss {train_loss:.4f}, eval accuracy {metrics['accuracy']:.4f}")
+    progress.close()
+
+    # ---- Outputs: the model a pipeline can load, metrics.json, log.jsonl ----
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP/DeepSpeed: every process calls it
+    accelerator.unwrap_model(model).save_pretrained(
+        output_dir, is_main_process=is_main, save_function=accelerator.save, state_dict=state_dict
+    )
+    if is_main:
+        tokenizer.save_pretrained(output_dir)
+        # The model has not changed since the last epoch's evaluation, which is therefore the "after" figure.
+        history["after"] = {k: v for k, v in history["epochs"][-1].items() if k not in ("epoch", "step", "train_loss")}
+        history["config"] = config
+        history["runtime_seconds"] = round(time.perf_counter() - start_time, 2)
+        (output_dir / "metrics.json").write_text(json.dumps(history, indent=2) + "\n")
+        log_file.close()
+        accelerator.print(f"After training:\n{format_report(history['after'])}")
+        logger.info(f"Saved the model, metrics.json and log.jsonl to {output_dir} "
+                    f"({history['runtime_seconds']:.0f} s in all)")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main(parse_args())
