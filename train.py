@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 import transformers
 from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
@@ -34,8 +35,15 @@ from data import (
     select_subset,
     tokenize,
 )
-from metrics import classification_metrics, format_report
+from metrics import BestTracker, classification_metrics, format_report
 from model import load_classifier, load_tokenizer, parameter_groups, resolve_max_length
+from model.checkpoints import (
+    config_differences,
+    find_checkpoint,
+    load_training_state,
+    prune_checkpoints,
+    save_checkpoint,
+)
 
 logger = logging.getLogger("train")
 
@@ -68,9 +76,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
                        help="default: what `accelerate launch` / `accelerate config` says, else no")
     optim.add_argument("--seed", type=int, default=42, help="model init, dropout and the training order")
-    output = parser.add_argument_group("output")
+    evaluation = parser.add_argument_group("evaluation, best model, early stopping")
+    evaluation.add_argument("--eval_strategy", choices=["epoch", "steps", "no"], default="epoch",
+                            help="evaluate after every epoch, every --eval_steps optimizer steps, or only at the end")
+    evaluation.add_argument("--eval_steps", type=int, default=None, help="with --eval_strategy steps")
+    evaluation.add_argument("--metric_for_best_model", choices=["accuracy", "f1", "precision", "recall", "loss"],
+                            default="accuracy", help="picks output_dir/best (loss: lower is better)")
+    evaluation.add_argument("--load_best_model_at_end", action="store_true",
+                            help="the final model in output_dir is the best evaluation's, not the last step's")
+    evaluation.add_argument("--early_stopping_patience", type=int, default=None,
+                            help="stop after this many evaluations without improving --metric_for_best_model")
+    output = parser.add_argument_group("output and checkpoints")
     output.add_argument("--output_dir", default="result")
+    output.add_argument("--overwrite_output_dir", action="store_true", help="replace a non-empty --output_dir")
     output.add_argument("--logging_steps", type=int, default=10, help="write a log.jsonl line every N optimizer steps")
+    output.add_argument("--checkpointing_steps", default=None,
+                        help="save the full training state every N optimizer steps, or 'epoch'")
+    output.add_argument("--save_total_limit", type=int, default=None, help="keep the newest N checkpoints (and the best)")
+    output.add_argument("--resume_from_checkpoint", default=None,
+                        help="a checkpoint folder, or 'latest' in --output_dir; continues exactly where it stopped")
     args = parser.parse_args(argv)
 
     # Fail before any work: every check a user can get wrong from the command line.
@@ -86,6 +110,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("give --num_warmup_steps or --warmup_ratio, not both")
     if args.warmup_ratio is not None and not 0 <= args.warmup_ratio < 1:
         parser.error(f"--warmup_ratio must be in [0, 1), got {args.warmup_ratio}")
+    if args.checkpointing_steps not in (None, "epoch"):
+        if not args.checkpointing_steps.isdigit() or int(args.checkpointing_steps) <= 0:
+            parser.error(f"--checkpointing_steps must be a positive integer or 'epoch', got {args.checkpointing_steps!r}")
+        args.checkpointing_steps = int(args.checkpointing_steps)
+    if (args.eval_strategy == "steps") != (args.eval_steps is not None):
+        parser.error("--eval_steps goes with --eval_strategy steps, and that needs --eval_steps")
+    if args.eval_steps is not None and args.eval_steps <= 0:
+        parser.error(f"--eval_steps must be positive, got {args.eval_steps}")
+    if args.eval_strategy == "no" and (args.early_stopping_patience or args.load_best_model_at_end):
+        parser.error("--early_stopping_patience and --load_best_model_at_end need evaluations: not --eval_strategy no")
+    for name in ("early_stopping_patience", "save_total_limit"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     return args
 
 
@@ -108,8 +145,8 @@ def load_data_and_model(args, accelerator):
     return train_tokens, eval_tokens, label_names, tokenizer, classifier
 
 
-def evaluate(model, eval_loader, accelerator, label_names) -> dict | None:
-    """Metrics over every eval row exactly once; computed on the main process (others get None)."""
+def evaluate(model, eval_loader, accelerator, label_names) -> dict:
+    """Metrics over every eval row exactly once, computed on the main process and sent to the others."""
     model.eval()
     predictions, labels, losses = [], [], []
     for batch in tqdm(eval_loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
@@ -122,11 +159,36 @@ def evaluate(model, eval_loader, accelerator, label_names) -> dict | None:
         for store, tensor in zip((predictions, labels, losses), gathered):
             store.append(tensor.cpu())
     model.train()
-    if not accelerator.is_main_process:
-        return None
-    labels, predictions = torch.cat(labels).numpy(), torch.cat(predictions).numpy()
-    result = classification_metrics(labels, predictions, label_names)
-    return result | {"loss": torch.cat(losses).mean().item(), "rows": len(labels)}
+    result = [None]
+    if accelerator.is_main_process:
+        labels, predictions = torch.cat(labels).numpy(), torch.cat(predictions).numpy()
+        result[0] = classification_metrics(labels, predictions, label_names) | {
+            "loss": torch.cat(losses).mean().item(), "rows": len(labels)}
+    # Every process needs the figures: they decide the best model and early stopping together.
+    return broadcast_object_list(result)[0]
+
+
+def save_model(model, tokenizer, accelerator, directory: Path) -> None:
+    """save_pretrained in a form `pipeline(model=directory)` loads; every process must call it (FSDP/DeepSpeed)."""
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP/DeepSpeed
+    accelerator.unwrap_model(model).save_pretrained(
+        directory, is_main_process=accelerator.is_main_process, save_function=accelerator.save, state_dict=state_dict
+    )
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(directory)
+    accelerator.wait_for_everyone()
+
+
+def check_output_dir(args) -> Path | None:
+    """Before any work: the checkpoint to resume, or None; refuse to overwrite a previous run by accident."""
+    output_dir = Path(args.output_dir)
+    if args.resume_from_checkpoint:
+        return find_checkpoint(args.resume_from_checkpoint, output_dir)
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite_output_dir:
+        raise FileExistsError(f"--output_dir {output_dir} is not empty: pass --overwrite_output_dir to replace it, "
+                              "or --resume_from_checkpoint latest to continue the run in it")
+    return None
 
 
 def main(args) -> None:
@@ -140,15 +202,23 @@ def main(args) -> None:
                          "would train alone; on a CPU set ACCELERATE_USE_CPU=1 (or pass --cpu to accelerate launch)")
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         level=logging.INFO if accelerator.is_local_main_process else logging.ERROR)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # its checkpoint logs name every file; we log one line
     if not accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
+    try:
+        checkpoint = check_output_dir(args)
+    except OSError as error:
+        raise SystemExit(f"error: {error}") from None
     set_seed(args.seed)  # before the classifier head is initialized
 
     # ---- Data and model ----
     train_tokens, eval_tokens, label_names, tokenizer, classifier = load_data_and_model(args, accelerator)
+    tokenizer.model_max_length = args.max_length  # saved with the model, so pipelines and predict.py truncate alike
     collator = DataCollatorWithPadding(tokenizer)  # pads each batch to its own longest row
-    eval_loader = DataLoader(eval_tokens, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
+    # Own generators: a DataLoader draws a seed from the global RNG each epoch, which would shift dropout on resume.
+    eval_loader = DataLoader(eval_tokens, batch_size=args.per_device_eval_batch_size, collate_fn=collator,
+                             generator=torch.Generator())
 
     # ---- Optimizer and schedule, counted in optimizer steps across all processes ----
     num_processes, accumulation = accelerator.num_processes, args.gradient_accumulation_steps
@@ -161,7 +231,9 @@ def main(args) -> None:
     lr_scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps, max_train_steps)
     # The scheduler is not prepared: accelerate's wrapper steps it once per process per step; we step it by hand once.
     model, optimizer, eval_loader = accelerator.prepare(classifier, optimizer, eval_loader)
+    accelerator.register_for_checkpointing(lr_scheduler)
 
+    settings = vars(args) | {"num_processes": num_processes}  # as given: what a resumed run must repeat
     config = vars(args) | {
         "mixed_precision": accelerator.mixed_precision, "num_processes": num_processes,
         "total_train_batch_size": global_batch_size * accumulation, "max_train_steps": max_train_steps,
@@ -171,35 +243,94 @@ def main(args) -> None:
     logger.info(f"Training {len(train_tokens)} rows, evaluating {len(eval_tokens)}: {num_epochs} epochs, "
                 f"{max_train_steps} optimizer steps of {global_batch_size * accumulation} rows "
                 f"({num_processes} processes x {args.per_device_train_batch_size} x {accumulation} accumulated)")
+
+    # ---- Where the run starts: fresh, or exactly where a checkpoint left it ----
     output_dir = Path(args.output_dir)
+    history = {"before": None, "epochs": [], "evaluations": [], "best": None, "stopped_early": None}
+    tracker = BestTracker(args.metric_for_best_model, args.early_stopping_patience)
+    start_epoch, resume_batches, completed_steps = 0, 0, 0
+    running = {"epoch_loss": 0.0, "epoch_rows": 0, "window_loss": 0.0, "window_rows": 0}  # global sums so far
+    if checkpoint is not None:
+        state = load_training_state(checkpoint)
+        differences = config_differences(state["settings"], settings)
+        if differences:
+            raise SystemExit(f"error: {checkpoint} was made with other settings ({'; '.join(differences)}); "
+                             "resume with the same flags, or start a new --output_dir")
+        accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG states
+        history, completed_steps = state["history"], state["completed_steps"]
+        start_epoch, resume_batches = state["epoch"], state["batches_done"]
+        tracker.load_state_dict(state["tracker"])
+        running = state["running"]
+        logger.info(f"Resumed from {checkpoint}: epoch {start_epoch + 1}, step {completed_steps}")
     log_file = None
     if is_main:  # one writer: only the main process touches output_dir
+        if checkpoint is None and args.overwrite_output_dir:
+            for stale in ("checkpoints", "best"):  # a previous run's, which `latest` or the best must not pick up
+                shutil.rmtree(output_dir / stale, ignore_errors=True)
         output_dir.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if checkpoint is not None and (output_dir / "log.jsonl").exists():  # drop lines logged after the checkpoint
+            kept = [line for line in (output_dir / "log.jsonl").read_text().splitlines()
+                    if json.loads(line)["step"] <= completed_steps]
         log_file = open(output_dir / "log.jsonl", "w")
+        log_file.writelines(line + "\n" for line in kept)
 
     # ---- Evaluation before training ----
-    history = {"before": evaluate(model, eval_loader, accelerator, label_names), "epochs": []}
-    if is_main:
+    if history["before"] is None:
+        history["before"] = evaluate(model, eval_loader, accelerator, label_names)
         accelerator.print(f"Before training:\n{format_report(history['before'])}")
 
+    def evaluate_and_track(epoch: int) -> dict:
+        """Evaluate; keep the best model in output_dir/best; count evaluations without improvement."""
+        metrics = evaluate(model, eval_loader, accelerator, label_names)
+        history["evaluations"].append({"epoch": epoch, "step": completed_steps} | metrics)
+        if tracker.update(metrics, epoch, completed_steps):
+            save_model(model, tokenizer, accelerator, output_dir / "best")
+        history["best"] = tracker.best
+        logger.info(f"step {completed_steps}: eval {args.metric_for_best_model} "
+                    f"{metrics[args.metric_for_best_model]:.4f} (best {tracker.best['value']:.4f} "
+                    f"at step {tracker.best['step']})")
+        return metrics
+
+    def checkpoint_state(epoch: int, batches_done: int) -> dict:
+        """Everything beyond accelerate's state that an exact resume needs (losses as sums over all processes)."""
+        totals = accelerator.reduce(torch.stack([epoch_loss, window_loss]), "sum")
+        return {"epoch": epoch, "batches_done": batches_done, "completed_steps": completed_steps,
+                "history": history, "tracker": tracker.state_dict(), "settings": settings,
+                "running": {"epoch_loss": totals[0].item(), "epoch_rows": epoch_rows,
+                            "window_loss": totals[1].item(), "window_rows": window_rows}}
+
     # ---- The training loop ----
-    completed_steps = 0
-    window_loss, window_rows, window_start = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
-    progress = tqdm(total=max_train_steps, desc="train", disable=not accelerator.is_local_main_process)
+    def loss_sum(value: float) -> torch.Tensor:
+        # A resumed sum lives on the main process only: reductions add up every process's share.
+        return torch.tensor(value if is_main else 0.0, device=accelerator.device)
+
+    window_loss, window_rows, window_start = loss_sum(running["window_loss"]), running["window_rows"], time.perf_counter()
+    progress = tqdm(total=max_train_steps, initial=completed_steps, desc="train",
+                    disable=not accelerator.is_local_main_process)
+    stop = completed_steps >= max_train_steps or tracker.should_stop  # a resumed run may have been about to stop
     model.train()
-    for epoch in range(num_epochs):
+    for epoch in range(start_epoch, num_epochs):
+        # Exact resume: the same batches in the same order, minus those the checkpoint had already trained on.
+        skip = resume_batches if epoch == start_epoch else 0
+        if stop and not skip:  # (a run resumed mid-epoch still closes that epoch, as the original did)
+            break
         # Every process builds the same global batches and takes its own slice of each (see data/sampling.py).
         batches = global_batches(len(train_tokens), global_batch_size, args.seed, epoch)
         rows_per_step = rows_per_optimizer_step(batches, accumulation)
         shard = process_batches(batches, len(train_tokens), num_processes, accelerator.process_index)
+        epoch_loss = loss_sum(running["epoch_loss"] if skip else 0.0)
+        epoch_rows = running["epoch_rows"] if skip else 0
         # Already sharded, so accelerate must not shard again (num_processes=1); it moves batches to the device and
         # marks the epoch's last batch, which makes accumulate() step on a short final group too.
         train_loader = prepare_data_loader(
-            DataLoader(WeightedRows(train_tokens), batch_sampler=shard, collate_fn=collator),
+            DataLoader(WeightedRows(train_tokens), batch_sampler=shard[skip:], collate_fn=collator,
+                       generator=torch.Generator()),
             device=accelerator.device, num_processes=1, process_index=0,
         )
-        epoch_loss, epoch_rows = torch.zeros((), device=accelerator.device), 0
-        for micro_step, batch in enumerate(train_loader):
+        for micro_step, batch in enumerate(train_loader, start=skip):
+            if stop:
+                break
             step_rows = rows_per_step[micro_step // accumulation]
             with accelerator.accumulate(model):
                 labels, weights = batch.pop("labels"), batch.pop("loss_weight")
@@ -234,29 +365,57 @@ def main(args) -> None:
                     log_file.flush()
                 progress.set_postfix(loss=f"{loss:.4f}", lr=f"{learning_rate:.2e}")
                 window_loss, window_rows, window_start = torch.zeros_like(window_loss), 0, time.perf_counter()
-            if completed_steps >= max_train_steps:
-                break
-        train_loss = accelerator.reduce(epoch_loss, reduction="sum").item() / epoch_rows
+            stop = completed_steps >= max_train_steps
+            if args.eval_strategy == "steps" and completed_steps % args.eval_steps == 0:
+                eval_start = time.perf_counter()
+                evaluate_and_track(epoch + 1)
+                window_start += time.perf_counter() - eval_start  # samples/s counts training time only
+                stop = stop or tracker.should_stop
+            if isinstance(args.checkpointing_steps, int) and completed_steps % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, f"step_{completed_steps}",
+                                checkpoint_state(epoch, micro_step + 1))
+                if is_main:
+                    prune_checkpoints(output_dir, args.save_total_limit, tracker.best and tracker.best["step"])
 
-        # ---- Evaluation after each epoch ----
-        eval_start = time.perf_counter()
-        metrics = evaluate(model, eval_loader, accelerator, label_names)
-        window_start += time.perf_counter() - eval_start  # samples/s counts training time only
-        if is_main:
-            history["epochs"].append({"epoch": epoch + 1, "step": completed_steps, "train_loss": train_loss} | metrics)
-            logger.info(f"epoch {epoch + 1}: train loss {train_loss:.4f}, eval accuracy {metrics['accuracy']:.4f}")
+        # ---- End of epoch: its train loss, its evaluation, its checkpoint ----
+        train_loss = accelerator.reduce(epoch_loss, reduction="sum").item() / max(epoch_rows, 1)
+        epoch_record = {"epoch": epoch + 1, "step": completed_steps, "train_loss": train_loss}
+        if args.eval_strategy == "epoch":
+            eval_start = time.perf_counter()
+            epoch_record |= evaluate_and_track(epoch + 1)
+            window_start += time.perf_counter() - eval_start
+        history["epochs"].append(epoch_record)
+        logger.info(f"epoch {epoch + 1}: train loss {train_loss:.4f}")
+        if tracker.should_stop:
+            stop = True
+            history["stopped_early"] = {
+                "epoch": epoch + 1, "step": completed_steps,
+                "reason": f"{args.metric_for_best_model} did not improve in {args.early_stopping_patience} "
+                          f"evaluations (best {tracker.best['value']:.4f} at step {tracker.best['step']})"}
+            logger.info(f"Stopping early: {history['stopped_early']['reason']}")
+        if args.checkpointing_steps == "epoch":
+            epoch_loss, epoch_rows = torch.zeros((), device=accelerator.device), 0
+            save_checkpoint(accelerator, output_dir, f"epoch_{epoch + 1}", checkpoint_state(epoch + 1, 0))
+            if is_main:
+                prune_checkpoints(output_dir, args.save_total_limit, tracker.best and tracker.best["step"])
     progress.close()
 
-    # ---- Outputs: the model a pipeline can load, metrics.json, log.jsonl ----
-    accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP/DeepSpeed: every process calls it
-    accelerator.unwrap_model(model).save_pretrained(
-        output_dir, is_main_process=is_main, save_function=accelerator.save, state_dict=state_dict
-    )
+    # ---- The final evaluation and outputs: model, metrics.json, log.jsonl ----
+    last = history["evaluations"][-1] if history["evaluations"] else None
+    if args.load_best_model_at_end:
+        # The best evaluation's model, already saved: copy it rather than keep the last step's weights.
+        best = next(e for e in history["evaluations"] if e["step"] == tracker.best["step"])
+        history["after"] = {k: v for k, v in best.items() if k not in ("epoch", "step")}
+        if is_main:
+            shutil.copytree(output_dir / "best", output_dir, dirs_exist_ok=True)
+    else:
+        if last is not None and last["step"] == completed_steps:
+            # The model has not changed since that evaluation, which is therefore the "after" figure.
+            history["after"] = {k: v for k, v in last.items() if k not in ("epoch", "step")}
+        else:
+            history["after"] = evaluate(model, eval_loader, accelerator, label_names)
+        save_model(model, tokenizer, accelerator, output_dir)
     if is_main:
-        tokenizer.save_pretrained(output_dir)
-        # The model has not changed since the last epoch's evaluation, which is therefore the "after" figure.
-        history["after"] = {k: v for k, v in history["epochs"][-1].items() if k not in ("epoch", "step", "train_loss")}
         history["config"] = config
         history["runtime_seconds"] = round(time.perf_counter() - start_time, 2)
         (output_dir / "metrics.json").write_text(json.dumps(history, indent=2) + "\n")

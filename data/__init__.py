@@ -1,9 +1,23 @@
 """Data: load the splits, pick the recipe's subset, tokenize without padding, and shard training batches by process."""
 
-from data.loading import load_splits, select_subset, tokenize
+from data.loading import (
+    FILE_FORMATS,
+    LABEL_COLUMNS,
+    TEXT_COLUMNS,
+    find_column,
+    load_splits,
+    read_table,
+    select_subset,
+    tokenize,
+)
 from data.sampling import WeightedRows, global_batches, process_batches, rows_per_optimizer_step
 
 __all__ = [
+    "FILE_FORMATS",
+    "LABEL_COLUMNS",
+    "TEXT_COLUMNS",
+    "find_column",
+    "read_table",
     "WeightedRows",
     "global_batches",
     "load_splits",

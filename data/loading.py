@@ -101,10 +101,10 @@ def _load_files(path: Path) -> DatasetDict:
         raise ValueError(f"--dataset_name {path}: mixed file types {sorted(formats)}; keep one format per dataset")
     fmt = formats.pop()
     # One load per split: splits may differ in extra columns, which one multi-split load refuses.
-    return DatasetDict({split: _load_file_split(fmt, files) for split, files in splits.items()})
+    return DatasetDict({split: read_table(fmt, files) for split, files in splits.items()})
 
 
-def _load_file_split(fmt: str, files: list[Path]) -> Dataset:
+def read_table(fmt: str, files: list[Path]) -> Dataset:
     try:
         return datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")
     except datasets.exceptions.DatasetGenerationError as error:
@@ -137,7 +137,7 @@ def _load_aclimdb(root: Path) -> DatasetDict:
     return DatasetDict(splits)
 
 
-def _find_column(split: Dataset, given: str | None, candidates: tuple, flag: str, source: str) -> str:
+def find_column(split: Dataset, given: str | None, candidates: tuple, flag: str, source: str) -> str:
     if given is not None:
         if given not in split.column_names:
             raise ValueError(f"{source}: no column {given!r} ({flag}); columns are {split.column_names}")
@@ -157,8 +157,8 @@ def _normalize(raw: DatasetDict, source: str, text_column: str | None, label_col
             raise ValueError(f"--dataset_name {source}: no test or validation split (splits: {list(raw)})")
         raw = DatasetDict(train=raw["train"], eval=raw[eval_split])
     raw = DatasetDict(train=raw["train"], eval=raw["eval"])
-    text = _find_column(raw["train"], text_column, TEXT_COLUMNS, "--text_column", source)
-    label = _find_column(raw["train"], label_column, LABEL_COLUMNS, "--label_column", source)
+    text = find_column(raw["train"], text_column, TEXT_COLUMNS, "--text_column", source)
+    label = find_column(raw["train"], label_column, LABEL_COLUMNS, "--label_column", source)
     for split in raw.values():
         for column in (text, label):
             if column not in split.column_names:

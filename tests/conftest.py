@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
-import pytest
-import torch
+# No Hub: fail at once instead of retrying for ~25 s (read when huggingface_hub is first imported, so set it here).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

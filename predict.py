@@ -1,0 +1,136 @@
+"""Classify texts with a model saved by train.py (or any sequence-classification model directory).
+
+    python predict.py result --text "A wonderful film." --text "Dull and far too long."
+    python predict.py result --input_file reviews.csv --output_file predictions.jsonl
+    cat reviews.txt | python predict.py result --output_file predictions.csv
+    python predict.py result --input_file ../shared/data/imdb/test.parquet --evaluate
+
+Input: --text (repeatable), --input_file (txt: one text per line; csv/jsonl/json/parquet: a text column), or stdin
+lines. Output, in input order: label, score and the probability of every class, as JSONL (default, to stdout) or CSV.
+Texts are batched in length order internally, so little compute goes to padding.
+"""
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+from data import FILE_FORMATS, LABEL_COLUMNS, TEXT_COLUMNS, find_column, read_table
+from metrics import classification_metrics, format_report
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir", help="a directory written by train.py (output_dir or output_dir/best)")
+    parser.add_argument("--text", action="append", help="a text to classify; repeat for more")
+    parser.add_argument("--input_file", help="txt (one text per line), csv, jsonl, json or parquet")
+    parser.add_argument("--text_column", default=None, help="default: the first of " + ", ".join(TEXT_COLUMNS))
+    parser.add_argument("--label_column", default=None, help="with --evaluate; default: the first of "
+                        + ", ".join(LABEL_COLUMNS))
+    parser.add_argument("--output_file", default=None, help=".jsonl or .csv; default: JSONL to stdout")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_length", type=int, default=None, help="default: the length the model was trained with")
+    parser.add_argument("--evaluate", action="store_true", help="the input has labels: print the four metrics")
+    args = parser.parse_args(argv)
+    if args.text and args.input_file:
+        parser.error("give --text or --input_file, not both")
+    if args.batch_size <= 0:
+        parser.error(f"--batch_size must be positive, got {args.batch_size}")
+    if args.output_file and Path(args.output_file).suffix not in (".jsonl", ".csv"):
+        parser.error(f"--output_file {args.output_file}: use a .jsonl or .csv name")
+    if args.evaluate and not args.input_file:
+        parser.error("--evaluate needs a labelled --input_file")
+    return args
+
+
+def read_inputs(args) -> tuple[list[str], list | None]:
+    """The texts, and their labels when --evaluate asks for them."""
+    if args.text:
+        return args.text, None
+    if args.input_file is None:
+        return sys.stdin.read().splitlines(), None
+    path = Path(args.input_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"--input_file {path}: no such file")
+    if path.suffix == ".txt":
+        if args.evaluate:
+            raise ValueError(f"--input_file {path}: a txt file has no labels; use csv, jsonl or parquet to --evaluate")
+        return path.read_text(encoding="utf-8").splitlines(), None
+    if path.suffix not in FILE_FORMATS:
+        raise ValueError(f"--input_file {path}: unsupported file type; use txt, csv, jsonl, json or parquet")
+    table = read_table(FILE_FORMATS[path.suffix], [path])
+    texts = table[find_column(table, args.text_column, TEXT_COLUMNS, "--text_column", str(path))][:]
+    if not args.evaluate:
+        return list(texts), None
+    labels = table[find_column(table, args.label_column, LABEL_COLUMNS, "--label_column", str(path))][:]
+    return list(texts), list(labels)
+
+
+@torch.no_grad()
+def predict(model, tokenizer, texts: list[str], batch_size: int, max_length: int) -> torch.Tensor:
+    """Class probabilities, one row per text in input order; batches are formed in length order."""
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
+    collator = DataCollatorWithPadding(tokenizer)
+    probabilities = torch.empty(len(texts), model.config.num_labels)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = collator([{"input_ids": encoded[i]} for i in rows]).to(device)
+        probabilities[rows] = model(**batch).logits.float().softmax(dim=-1).cpu()
+    return probabilities
+
+
+def label_ids(labels: list, label2id: dict, source: str) -> list[int]:
+    """Labels given as ids or as the model's label names."""
+    try:
+        return [label if isinstance(label, int) else label2id[label] for label in labels]
+    except KeyError as error:
+        raise ValueError(f"{source}: label {error.args[0]!r} is not one of the model's {sorted(label2id)}") from None
+
+
+def write_predictions(probabilities: torch.Tensor, id2label: dict, output_file: str | None) -> None:
+    names = [id2label[i] for i in range(probabilities.shape[1])]
+    rows = []
+    for index, probs in enumerate(probabilities.tolist()):
+        best = max(range(len(probs)), key=probs.__getitem__)
+        rows.append({"index": index, "label": names[best], "score": probs[best],
+                     "probabilities": dict(zip(names, probs))})
+    if output_file and output_file.endswith(".csv"):
+        with open(output_file, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["index", "label", "score", *[f"prob_{name}" for name in names]])
+            for row in rows:
+                writer.writerow([row["index"], row["label"], row["score"], *row["probabilities"].values()])
+        return
+    with open(output_file, "w") if output_file else sys.stdout as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def main(args) -> None:
+    try:
+        texts, labels = read_inputs(args)
+        tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(args.model_dir).eval()
+        if labels is not None:
+            labels = label_ids(labels, model.config.label2id, args.input_file)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
+    if tokenizer.pad_token is None:  # a GPT-2 model not saved by train.py
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    max_length = args.max_length or tokenizer.model_max_length  # train.py saves its --max_length there
+    probabilities = predict(model, tokenizer, texts, args.batch_size, max_length)
+    if args.output_file or not args.evaluate:
+        write_predictions(probabilities, model.config.id2label, args.output_file)
+    if labels is not None:
+        names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        print(format_report(classification_metrics(labels, probabilities.argmax(-1).numpy(), names)))
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,168 @@
+"""Checkpoints, exact resume after SIGKILL, best model, early stopping, step evaluation, output protection."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from conftest import ROOT, read_outputs, run_train
+from metrics import BestTracker
+from model.checkpoints import list_checkpoints
+from test_train import TINY, evaluate_saved
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dropout(tiny_bert, tmp_path_factory):
+    """The tiny BERT with dropout on: an exact resume must restore the RNG too."""
+    config = AutoConfig.from_pretrained(tiny_bert)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.1
+    out = tmp_path_factory.mktemp("tiny_bert_dropout")
+    AutoModelForSequenceClassification.from_pretrained(tiny_bert, config=config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(out)
+    return out
+
+
+def common(model, data):
+    return ["--model_name_or_path", model, "--dataset_name", data, "--train_samples", 0, "--eval_samples", 48,
+            "--per_device_train_batch_size", 4, "--num_train_epochs", 2, "--learning_rate", 1e-3, *TINY]
+
+
+def comparable(output_dir):
+    """metrics.json and log.jsonl without what depends on the clock or on how the run was started."""
+    metrics, log = read_outputs(output_dir)
+    metrics.pop("runtime_seconds")
+    for key in ("resume_from_checkpoint", "output_dir"):
+        metrics["config"].pop(key)
+    return metrics, [{k: v for k, v in record.items() if k != "samples_per_second"} for record in log]
+
+
+def test_killed_run_resumed_from_latest_equals_the_uninterrupted_run(tiny_bert_dropout, small_imdb, tmp_path):
+    args = common(tiny_bert_dropout, small_imdb) + ["--checkpointing_steps", 5]  # 16 steps per epoch: all mid-epoch
+    run_train(args + ["--output_dir", tmp_path / "a"])
+
+    # Run B: SIGKILL as soon as its first checkpoint is complete, mid-epoch.
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    b = tmp_path / "b"
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args), "--output_dir", str(b)],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (b / "checkpoints" / "step_5").is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "run B finished before it could be killed"
+    assert not (b / "metrics.json").exists()
+    killed_at = [p.name for p in list_checkpoints(b)]
+    assert killed_at and killed_at[-1] != "step_30"
+
+    result = run_train(args + ["--output_dir", b, "--resume_from_checkpoint", "latest"])
+    assert f"Resumed from {b / 'checkpoints' / killed_at[-1]}" in result.stderr
+    assert comparable(b) == comparable(tmp_path / "a")
+    a_weights, b_weights = load_file(tmp_path / "a" / "model.safetensors"), load_file(b / "model.safetensors")
+    assert all(torch.equal(a_weights[name], b_weights[name]) for name in a_weights)
+    print(f"A vs B (killed after {killed_at[-1]}, resumed): after = {read_outputs(b)[0]['after']}")
+
+
+def test_resume_without_a_checkpoint_says_so_in_one_line(tiny_bert, small_imdb, tmp_path):
+    result = run_train(common(tiny_bert, small_imdb) + ["--output_dir", tmp_path, "--resume_from_checkpoint", "latest"],
+                       check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --resume_from_checkpoint latest: no checkpoint in {tmp_path / 'checkpoints'}; start without "
+        "--resume_from_checkpoint (use --checkpointing_steps to write checkpoints)")
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(tiny_bert, small_imdb, tmp_path_factory):
+    out = tmp_path_factory.mktemp("checkpointed")
+    run_train(common(tiny_bert, small_imdb) + ["--output_dir", out, "--checkpointing_steps", 5,
+                                               "--save_total_limit", 2, "--metric_for_best_model", "loss"])
+    return out
+
+
+def test_save_total_limit_keeps_the_newest_and_the_best(checkpointed_run):
+    metrics, _ = read_outputs(checkpointed_run)
+    names = [p.name for p in list_checkpoints(checkpointed_run)]
+    assert names[-2:] == ["step_25", "step_30"]
+    best_step = metrics["best"]["step"]
+    assert names[:-2] == ([f"step_{best_step}"] if best_step % 5 == 0 and best_step < 25 else [])
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tiny_bert, small_imdb, checkpointed_run, tmp_path):
+    changed = common(tiny_bert, small_imdb) + ["--per_device_train_batch_size", 8]
+    result = run_train(changed + ["--output_dir", checkpointed_run, "--resume_from_checkpoint",
+                                  checkpointed_run / "checkpoints" / "step_30"], check=False)
+    assert result.returncode == 1
+    assert "was made with other settings (per_device_train_batch_size: 4 -> 8)" in result.stderr
+
+
+def test_best_model_is_saved_with_where_it_came_from(checkpointed_run, small_imdb):
+    metrics, _ = read_outputs(checkpointed_run)
+    losses = [e["loss"] for e in metrics["evaluations"]]
+    best = metrics["evaluations"][losses.index(min(losses))]  # loss: lower is better
+    assert metrics["best"] == {"metric": "loss", "value": best["loss"], "epoch": best["epoch"], "step": best["step"]}
+    reloaded = evaluate_saved(checkpointed_run / "best", small_imdb, 48, 64)
+    assert reloaded == pytest.approx({k: v for k, v in best.items() if k not in ("epoch", "step")}, rel=1e-5)
+
+
+def test_load_best_model_at_end_makes_the_best_the_final_model(tiny_bert, small_imdb, tmp_path):
+    run_train(common(tiny_bert, small_imdb) + ["--output_dir", tmp_path, "--num_train_epochs", 3,
+                                               "--metric_for_best_model", "loss", "--learning_rate", 5e-3,
+                                               "--load_best_model_at_end"])
+    metrics, _ = read_outputs(tmp_path)
+    best = next(e for e in metrics["evaluations"] if e["step"] == metrics["best"]["step"])
+    assert metrics["after"] == {k: v for k, v in best.items() if k not in ("epoch", "step")}
+    final, best_weights = load_file(tmp_path / "model.safetensors"), load_file(tmp_path / "best" / "model.safetensors")
+    assert all(torch.equal(final[name], best_weights[name]) for name in final)
+
+
+def test_early_stopping_on_step_evaluations(tiny_bert, small_imdb, tmp_path):
+    # This tiny model's accuracy on these rows does not move at this learning rate: no evaluation beats the first.
+    run_train(common(tiny_bert, small_imdb) + ["--output_dir", tmp_path, "--learning_rate", 1e-5,
+                                               "--eval_strategy", "steps", "--eval_steps", 3,
+                                               "--early_stopping_patience", 2])
+    metrics, log = read_outputs(tmp_path)
+    assert [e["step"] for e in metrics["evaluations"]] == [3, 6, 9]
+    assert len({e["accuracy"] for e in metrics["evaluations"]}) == 1
+    assert metrics["stopped_early"] == {"epoch": 1, "step": 9, "reason": (
+        f"accuracy did not improve in 2 evaluations (best {metrics['best']['value']:.4f} at step 3)")}
+    assert log[-1]["step"] == 9 and metrics["epochs"][-1]["step"] == 9
+    assert metrics["after"] == {k: v for k, v in metrics["evaluations"][-1].items() if k not in ("epoch", "step")}
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_best_tracker_directions_and_patience():
+    tracker = BestTracker("loss", patience=2)
+    assert tracker.update({"loss": 0.5}, 1, 10) and not tracker.update({"loss": 0.6}, 2, 20)
+    assert not tracker.should_stop and tracker.update({"loss": 0.4}, 3, 30)
+    assert not tracker.update({"loss": 0.4}, 4, 40) and not tracker.update({"loss": 0.9}, 5, 50)
+    assert tracker.should_stop and tracker.best == {"metric": "loss", "value": 0.4, "epoch": 3, "step": 30}
+    accuracy = BestTracker("accuracy")
+    assert accuracy.update({"accuracy": 0.5}, 1, 1) and accuracy.update({"accuracy": 0.6}, 2, 2)
+    assert not accuracy.should_stop
+
+
+def test_existing_output_dir_is_not_overwritten_without_the_flag(tiny_bert, small_imdb, tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    args = common(tiny_bert, small_imdb) + ["--output_dir", tmp_path, "--max_train_steps", 2]
+    result = run_train(args, check=False)
+    assert result.returncode == 1
+    assert f"--output_dir {tmp_path} is not empty: pass --overwrite_output_dir" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    run_train(args + ["--overwrite_output_dir"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["max_train_steps"] == 2
+
+
+def test_partial_checkpoints_are_never_latest(tmp_path):
+    for name, complete in (("step_5", True), ("step_10", True), (".step_15.partial", False)):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+        if complete:
+            (tmp_path / "checkpoints" / name / "training_state.json").write_text(
+                json.dumps({"completed_steps": int(name.split("_")[1])}))
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_5", "step_10"]

@@ -1,0 +1,84 @@
+"""predict.py: every input form, input order kept through length-sorted batches, CSV/JSONL output, --evaluate."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from conftest import ROOT, run_train
+from predict import predict
+from test_train import TINY
+
+TEXTS = ["A wonderful, moving film.", "Dull.", "I did not expect to enjoy this as much as I did, but it won me over.",
+         "Awful acting, awful script, awful everything; I left after an hour.", "Fine."]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert, small_imdb, tmp_path_factory):
+    out = tmp_path_factory.mktemp("predict_model")
+    run_train(["--model_name_or_path", tiny_bert, "--dataset_name", small_imdb, "--output_dir", out,
+               "--train_samples", 32, "--eval_samples", 32, "--num_train_epochs", 1, "--learning_rate", 1e-3, *TINY])
+    return out
+
+
+def run_predict(args, stdin=None):
+    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), *map(str, args)], cwd=ROOT, input=stdin,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def one_by_one(model_dir, texts):
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        return torch.cat([model(**tokenizer(t, return_tensors="pt", truncation=True)).logits.softmax(-1) for t in texts])
+
+
+def test_length_sorted_batches_return_input_order(trained):
+    tokenizer = AutoTokenizer.from_pretrained(trained)
+    model = AutoModelForSequenceClassification.from_pretrained(trained).eval()
+    assert tokenizer.model_max_length == 64  # train.py saved its --max_length with the tokenizer
+    batched = predict(model, tokenizer, TEXTS, batch_size=2, max_length=64)
+    torch.testing.assert_close(batched, one_by_one(trained, TEXTS), atol=1e-5, rtol=0)
+
+
+def test_texts_from_flags_stdin_and_txt_give_the_same_jsonl(trained, tmp_path):
+    from_flags = run_predict([trained, *[arg for text in TEXTS for arg in ("--text", text)]])
+    from_stdin = run_predict([trained], stdin="\n".join(TEXTS) + "\n")
+    (tmp_path / "reviews.txt").write_text("\n".join(TEXTS) + "\n")
+    from_txt = run_predict([trained, "--input_file", tmp_path / "reviews.txt"])
+    assert from_flags == from_stdin == from_txt
+    rows = [json.loads(line) for line in from_flags.splitlines()]
+    expected = one_by_one(trained, TEXTS)
+    assert [row["index"] for row in rows] == list(range(len(TEXTS)))
+    for row, probs in zip(rows, expected.tolist()):
+        assert row["probabilities"] == pytest.approx({"neg": probs[0], "pos": probs[1]}, abs=1e-5)
+        assert row["label"] == ("pos" if probs[1] > probs[0] else "neg") and row["score"] == pytest.approx(max(probs))
+
+
+def test_csv_in_csv_out_and_evaluate_prints_the_four_metrics(trained, tmp_path):
+    frame = pd.DataFrame({"review": TEXTS, "sentiment": ["pos", "neg", "pos", "neg", "pos"]})
+    frame.to_csv(tmp_path / "labelled.csv", index=False)
+    stdout = run_predict([trained, "--input_file", tmp_path / "labelled.csv", "--evaluate",
+                          "--output_file", tmp_path / "out.csv"])
+    with open(tmp_path / "out.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["index", "label", "score", "prob_neg", "prob_pos"]
+    predicted = [row["label"] for row in rows]
+    accuracy = sum(p == t for p, t in zip(predicted, frame.sentiment)) / len(TEXTS)
+    assert stdout.splitlines()[0] == f"Accuracy: {accuracy:.4f}"
+    assert [line.split(":")[0] for line in stdout.splitlines()] == ["Accuracy", "F1-Score", "Precision", "Recall"]
+
+
+def test_unknown_label_name_is_one_line(trained, tmp_path):
+    pd.DataFrame({"text": ["x"], "label": ["meh"]}).to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
+    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(trained), "--input_file",
+                             str(tmp_path / "bad.jsonl"), "--evaluate"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'bad.jsonl'}: label 'meh' is not one of the model's ['neg', 'pos']"
