@@ -166,3 +166,19 @@ def test_partial_checkpoints_are_never_latest(tmp_path):
             (tmp_path / "checkpoints" / name / "training_state.json").write_text(
                 json.dumps({"completed_steps": int(name.split("_")[1])}))
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_5", "step_10"]
+
+
+def test_resume_from_an_epoch_checkpoint_matches_the_full_run(tiny_bert, small_imdb, tmp_path):
+    args = common(tiny_bert, small_imdb) + ["--checkpointing_steps", "epoch"]
+    run_train(args + ["--output_dir", tmp_path / "a"])
+    assert [p.name for p in list_checkpoints(tmp_path / "a")] == ["epoch_1", "epoch_2"]
+    state = json.loads((tmp_path / "a" / "checkpoints" / "epoch_1" / "training_state.json").read_text())
+    assert (state["epoch"], state["batches_done"], state["completed_steps"]) == (1, 0, 16)
+    result = run_train(args + ["--output_dir", tmp_path / "b", "--resume_from_checkpoint",
+                               tmp_path / "a" / "checkpoints" / "epoch_1"])
+    assert "epoch 2, step 16" in result.stderr
+    metrics_a, log_a = comparable(tmp_path / "a")
+    metrics_b, _ = comparable(tmp_path / "b")
+    assert metrics_b == metrics_a
+    # A fresh output_dir holds only what the resumed run logged: steps 17 to 32.
+    assert [r["step"] for r in read_outputs(tmp_path / "b")[1]] == list(range(17, 33))
