@@ -36,6 +36,7 @@ from data import (
     tokenize,
 )
 from metrics import BestTracker, classification_metrics, format_report
+from metrics.throughput import PhaseTimer, measure_peak_tflops, training_flops
 from model import load_classifier, load_tokenizer, parameter_groups, resolve_max_length
 from model.checkpoints import (
     config_differences,
@@ -60,11 +61,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--subset_seed", type=int, default=42, help="the subset is split.shuffle(seed).select(range(n))")
     data.add_argument("--max_length", type=int, default=None,
                       help="truncate to this many tokens (default: the model's limit, at most 512)")
+    data.add_argument("--group_by_length", action=argparse.BooleanOptionalAction, default=True,
+                      help="batch training rows of similar length (shuffled in mega-batches), so padding wastes little")
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", default="google-bert/bert-base-cased")
     optim = parser.add_argument_group("optimization")
     optim.add_argument("--per_device_train_batch_size", type=int, default=8)
-    optim.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    optim.add_argument("--per_device_eval_batch_size", type=int, default=32,
+                       help="evaluation runs in length order, so larger batches cost little padding")
     optim.add_argument("--learning_rate", type=float, default=5e-5)
     optim.add_argument("--weight_decay", type=float, default=0.01, help="not applied to biases and norm weights")
     optim.add_argument("--num_train_epochs", type=int, default=3)
@@ -95,6 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     output.add_argument("--save_total_limit", type=int, default=None, help="keep the newest N checkpoints (and the best)")
     output.add_argument("--resume_from_checkpoint", default=None,
                         help="a checkpoint folder, or 'latest' in --output_dir; continues exactly where it stopped")
+    speed = parser.add_argument_group("speed and profiling")
+    speed.add_argument("--profile_steps", type=int, default=0,
+                       help="profile this many optimizer steps (after the first) with torch.profiler")
+    speed.add_argument("--peak_tflops", type=float, default=None,
+                       help="the device's peak for the MFU estimate (default: a matmul measured at start)")
     args = parser.parse_args(argv)
 
     # Fail before any work: every check a user can get wrong from the command line.
@@ -120,6 +129,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--eval_steps must be positive, got {args.eval_steps}")
     if args.eval_strategy == "no" and (args.early_stopping_patience or args.load_best_model_at_end):
         parser.error("--early_stopping_patience and --load_best_model_at_end need evaluations: not --eval_strategy no")
+    if args.profile_steps < 0:
+        parser.error(f"--profile_steps must be >= 0, got {args.profile_steps}")
     for name in ("early_stopping_patience", "save_total_limit"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
@@ -127,7 +138,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_data_and_model(args, accelerator):
-    """Tokenized train/eval rows, label names, tokenizer and classifier; bad input is one line and exit code 1."""
+    """Tokenized train/eval rows, label names, tokenizer, classifier, and the seconds tokenizing took; bad input is one
+    line and exit code 1."""
     try:
         splits, label_names = load_splits(args.dataset_name, args.text_column, args.label_column)
         # Pick the subset before tokenizing: only the rows we use are tokenized.
@@ -139,33 +151,38 @@ def load_data_and_model(args, accelerator):
     except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}") from None
     # The main process tokenizes first and fills the datasets cache; the others then read it.
+    start = time.perf_counter()
     with accelerator.main_process_first():
         train_tokens = tokenize(train_rows, tokenizer, args.max_length)
         eval_tokens = tokenize(eval_rows, tokenizer, args.max_length)
-    return train_tokens, eval_tokens, label_names, tokenizer, classifier
+    tokenize_seconds = round(time.perf_counter() - start, 3)
+    return train_tokens, eval_tokens, label_names, tokenizer, classifier, tokenize_seconds
 
 
-def evaluate(model, eval_loader, accelerator, label_names) -> dict:
-    """Metrics over every eval row exactly once, computed on the main process and sent to the others."""
+def evaluate(model, eval_loader, accelerator, label_names) -> tuple[dict, list | None]:
+    """Metrics over every eval row exactly once, computed on the main process and sent to the others; and, on the
+    main process, the predictions in the eval rows' input order (the loader runs in length order)."""
     model.eval()
-    predictions, labels, losses = [], [], []
+    rows, predictions, labels, losses = [], [], [], []
     for batch in tqdm(eval_loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
-        batch_labels = batch.pop("labels")
+        batch_rows, batch_labels = batch.pop("row"), batch.pop("labels")
         with torch.no_grad():
             logits = model(**batch).logits
         batch_losses = F.cross_entropy(logits.float(), batch_labels, reduction="none")
         # One gather per batch; gather_for_metrics drops the rows accelerate repeated to even out the last batch.
-        gathered = accelerator.gather_for_metrics((logits.argmax(dim=-1), batch_labels, batch_losses))
-        for store, tensor in zip((predictions, labels, losses), gathered):
+        gathered = accelerator.gather_for_metrics((batch_rows, logits.argmax(dim=-1), batch_labels, batch_losses))
+        for store, tensor in zip((rows, predictions, labels, losses), gathered):
             store.append(tensor.cpu())
     model.train()
-    result = [None]
+    result, in_input_order = [None], None
     if accelerator.is_main_process:
-        labels, predictions = torch.cat(labels).numpy(), torch.cat(predictions).numpy()
+        order = torch.cat(rows).argsort()
+        labels, predictions = torch.cat(labels)[order].numpy(), torch.cat(predictions)[order].numpy()
         result[0] = classification_metrics(labels, predictions, label_names) | {
             "loss": torch.cat(losses).mean().item(), "rows": len(labels)}
+        in_input_order = predictions.tolist()
     # Every process needs the figures: they decide the best model and early stopping together.
-    return broadcast_object_list(result)[0]
+    return broadcast_object_list(result)[0], in_input_order
 
 
 def save_model(model, tokenizer, accelerator, directory: Path) -> None:
@@ -178,6 +195,51 @@ def save_model(model, tokenizer, accelerator, directory: Path) -> None:
     if accelerator.is_main_process:
         tokenizer.save_pretrained(directory)
     accelerator.wait_for_everyone()
+
+
+AUTOCAST_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def use_the_cores(accelerator) -> None:
+    """On a CPU, `accelerate launch` sets OMP_NUM_THREADS=1 per process unless told otherwise, which halves a 2-core
+    machine. Use cores / local processes instead, unless the user chose (launcher flag or their own OMP_NUM_THREADS)."""
+    launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ  # set by `accelerate launch`, single- or multi-process
+    if accelerator.device.type != "cpu" or os.environ.get("OMP_NUM_THREADS") != "1" or not launched:
+        return
+    try:  # the launcher is our parent process: did its command line or environment set the threads?
+        launcher = Path(f"/proc/{os.getppid()}")
+        if (b"--num_cpu_threads_per_process" in (launcher / "cmdline").read_bytes()
+                or b"OMP_NUM_THREADS=" in (launcher / "environ").read_bytes()):
+            return
+    except OSError:
+        return  # not Linux, or not allowed to look: leave the launcher's choice alone
+    threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if threads > 1:
+        torch.set_num_threads(threads)
+        logger.info(f"accelerate launch set OMP_NUM_THREADS=1; using {threads} threads per process (cores / local "
+                    "processes). Pass --num_cpu_threads_per_process to accelerate launch to choose.")
+
+
+def start_profiler(steps: int, output_dir: Path, is_main: bool):
+    """torch.profiler over `steps` optimizer steps after one to wait and one to warm up; writes a Chrome/Perfetto
+    trace (profile_trace.json) and the top operators (profile_top_ops.txt) into output_dir."""
+    if steps <= 0:
+        return None
+
+    def write(profile) -> None:
+        if is_main:
+            profile.export_chrome_trace(str(output_dir / "profile_trace.json"))
+            sort_by = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+            (output_dir / "profile_top_ops.txt").write_text(profile.key_averages().table(sort_by=sort_by, row_limit=30))
+            logger.info(f"Wrote the profile of {steps} steps to {output_dir}/profile_trace.json and profile_top_ops.txt")
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    profiler = torch.profiler.profile(activities=activities, on_trace_ready=write,
+                                      schedule=torch.profiler.schedule(wait=1, warmup=1, active=steps, repeat=1))
+    profiler.start()
+    return profiler
 
 
 def check_output_dir(args) -> Path | None:
@@ -202,6 +264,7 @@ def main(args) -> None:
                          "would train alone; on a CPU set ACCELERATE_USE_CPU=1 (or pass --cpu to accelerate launch)")
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         level=logging.INFO if accelerator.is_local_main_process else logging.ERROR)
+    use_the_cores(accelerator)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its checkpoint logs name every file; we log one line
     if not accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_error()
@@ -213,11 +276,16 @@ def main(args) -> None:
     set_seed(args.seed)  # before the classifier head is initialized
 
     # ---- Data and model ----
-    train_tokens, eval_tokens, label_names, tokenizer, classifier = load_data_and_model(args, accelerator)
+    train_tokens, eval_tokens, label_names, tokenizer, classifier, tokenize_seconds = load_data_and_model(args, accelerator)
     tokenizer.model_max_length = args.max_length  # saved with the model, so pipelines and predict.py truncate alike
     collator = DataCollatorWithPadding(tokenizer)  # pads each batch to its own longest row
+    train_lengths = [len(ids) for ids in train_tokens["input_ids"]] if args.group_by_length else None
+    # Evaluate longest first, in length order: batches of similar rows pad little; "row" restores the input order.
+    eval_lengths = [len(ids) for ids in eval_tokens["input_ids"]]
+    eval_sorted = eval_tokens.add_column("row", list(range(len(eval_tokens)))).select(
+        sorted(range(len(eval_tokens)), key=lambda i: -eval_lengths[i]))
     # Own generators: a DataLoader draws a seed from the global RNG each epoch, which would shift dropout on resume.
-    eval_loader = DataLoader(eval_tokens, batch_size=args.per_device_eval_batch_size, collate_fn=collator,
+    eval_loader = DataLoader(eval_sorted, batch_size=args.per_device_eval_batch_size, collate_fn=collator,
                              generator=torch.Generator())
 
     # ---- Optimizer and schedule, counted in optimizer steps across all processes ----
@@ -277,14 +345,21 @@ def main(args) -> None:
 
     # ---- Evaluation before training ----
     if history["before"] is None:
-        history["before"] = evaluate(model, eval_loader, accelerator, label_names)
+        eval_start = time.perf_counter()
+        history["before"], _ = evaluate(model, eval_loader, accelerator, label_names)
+        history["before"]["seconds"] = round(time.perf_counter() - eval_start, 3)
         accelerator.print(f"Before training:\n{format_report(history['before'])}")
+
+    predictions = {"last": None, "best": None}  # main process: eval predictions in input order
 
     def evaluate_and_track(epoch: int) -> dict:
         """Evaluate; keep the best model in output_dir/best; count evaluations without improvement."""
-        metrics = evaluate(model, eval_loader, accelerator, label_names)
-        history["evaluations"].append({"epoch": epoch, "step": completed_steps} | metrics)
+        eval_start = time.perf_counter()
+        metrics, predictions["last"] = evaluate(model, eval_loader, accelerator, label_names)
+        seconds = round(time.perf_counter() - eval_start, 3)
+        history["evaluations"].append({"epoch": epoch, "step": completed_steps} | metrics | {"seconds": seconds})
         if tracker.update(metrics, epoch, completed_steps):
+            predictions["best"] = predictions["last"]
             save_model(model, tokenizer, accelerator, output_dir / "best")
         history["best"] = tracker.best
         logger.info(f"step {completed_steps}: eval {args.metric_for_best_model} "
@@ -305,7 +380,13 @@ def main(args) -> None:
         # A resumed sum lives on the main process only: reductions add up every process's share.
         return torch.tensor(value if is_main else 0.0, device=accelerator.device)
 
-    window_loss, window_rows, window_start = loss_sum(running["window_loss"]), running["window_rows"], time.perf_counter()
+    window_loss, window_rows = loss_sum(running["window_loss"]), running["window_rows"]
+    window_tokens = torch.zeros(3, device=accelerator.device)  # real tokens, token slots, sum of squared lengths
+    run_tokens = torch.zeros(3, device=accelerator.device)  # the same over the whole run (this process)
+    run_rows = 0  # trained in this process's lifetime (a resumed run counts from its checkpoint)
+    timer = PhaseTimer(accelerator.device, synchronize=args.profile_steps > 0)
+    peak_tflops = args.peak_tflops or measure_peak_tflops(accelerator.device, AUTOCAST_DTYPES[accelerator.mixed_precision])
+    profiler = start_profiler(args.profile_steps, output_dir, is_main)
     progress = tqdm(total=max_train_steps, initial=completed_steps, desc="train",
                     disable=not accelerator.is_local_main_process)
     stop = completed_steps >= max_train_steps or tracker.should_stop  # a resumed run may have been about to stop
@@ -316,7 +397,7 @@ def main(args) -> None:
         if stop and not skip:  # (a run resumed mid-epoch still closes that epoch, as the original did)
             break
         # Every process builds the same global batches and takes its own slice of each (see data/sampling.py).
-        batches = global_batches(len(train_tokens), global_batch_size, args.seed, epoch)
+        batches = global_batches(len(train_tokens), global_batch_size, args.seed, epoch, train_lengths, accumulation)
         rows_per_step = rows_per_optimizer_step(batches, accumulation)
         shard = process_batches(batches, len(train_tokens), num_processes, accelerator.process_index)
         epoch_loss = loss_sum(running["epoch_loss"] if skip else 0.0)
@@ -328,19 +409,27 @@ def main(args) -> None:
                        generator=torch.Generator()),
             device=accelerator.device, num_processes=1, process_index=0,
         )
+        timer.restart()
         for micro_step, batch in enumerate(train_loader, start=skip):
+            timer.lap("data")
             if stop:
                 break
             step_rows = rows_per_step[micro_step // accumulation]
+            lengths = batch["attention_mask"].sum(dim=1)  # real tokens per row (no .item(): no GPU sync)
+            window_tokens[0] += lengths.sum()
+            window_tokens[1] += batch["attention_mask"].numel()
+            window_tokens[2] += (lengths * lengths).sum()
             with accelerator.accumulate(model):
                 labels, weights = batch.pop("labels"), batch.pop("loss_weight")
                 logits = model(**batch).logits
                 row_losses = F.cross_entropy(logits.float(), labels, reduction="none") * weights
+                timer.lap("forward")
                 # The step's loss is the mean over all its real rows (every micro-batch, every process), whatever the
                 # batch sizes: DDP averages gradients over processes and backward() divides by GA, so undo both.
                 accelerator.backward(row_losses.sum() * num_processes * accumulation / step_rows)
                 window_loss += row_losses.detach().sum()
                 epoch_loss += row_losses.detach().sum()
+                timer.lap("backward")
                 if accelerator.sync_gradients:  # the last micro-batch of a group: clip, step, schedule
                     if args.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -349,41 +438,48 @@ def main(args) -> None:
                     if not accelerator.optimizer_step_was_skipped:  # fp16 skips steps with inf gradients
                         lr_scheduler.step()
                     optimizer.zero_grad()
+                    timer.lap("optimizer")
             if not accelerator.sync_gradients:
                 continue
             completed_steps += 1
-            window_rows, epoch_rows = window_rows + step_rows, epoch_rows + step_rows
+            window_rows, epoch_rows, run_rows = window_rows + step_rows, epoch_rows + step_rows, run_rows + step_rows
             progress.update(1)
+            if profiler is not None:
+                profiler.step()
             if completed_steps % args.logging_steps == 0 or completed_steps == max_train_steps:
                 # Sum over processes, divide by the real rows: the mean over the samples of the logged steps.
-                loss = accelerator.reduce(window_loss, reduction="sum").item() / window_rows
-                seconds = time.perf_counter() - window_start
+                totals = accelerator.reduce(torch.cat([window_loss[None], window_tokens]), reduction="sum").tolist()
+                loss, (real_tokens, token_slots, squared_lengths) = totals[0] / window_rows, totals[1:]
+                times = timer.read()
+                seconds = sum(times.values())  # training time only: evaluations and checkpoints are not in it
+                flops = training_flops(accelerator.unwrap_model(model), real_tokens, squared_lengths)
                 record = {"step": completed_steps, "epoch": round(epoch + (micro_step + 1) / len(shard), 4),
-                          "loss": loss, "learning_rate": learning_rate, "samples_per_second": window_rows / seconds}
+                          "loss": loss, "learning_rate": learning_rate, "samples_per_second": window_rows / seconds,
+                          "tokens_per_second": real_tokens / seconds, "padding_efficiency": real_tokens / token_slots,
+                          **times, "mfu": flops / seconds / (peak_tflops * 1e12 * num_processes)}
                 if is_main:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
                 progress.set_postfix(loss=f"{loss:.4f}", lr=f"{learning_rate:.2e}")
-                window_loss, window_rows, window_start = torch.zeros_like(window_loss), 0, time.perf_counter()
+                window_loss, window_rows = torch.zeros_like(window_loss), 0
+                run_tokens += window_tokens
+                window_tokens.zero_()
             stop = completed_steps >= max_train_steps
             if args.eval_strategy == "steps" and completed_steps % args.eval_steps == 0:
-                eval_start = time.perf_counter()
                 evaluate_and_track(epoch + 1)
-                window_start += time.perf_counter() - eval_start  # samples/s counts training time only
                 stop = stop or tracker.should_stop
             if isinstance(args.checkpointing_steps, int) and completed_steps % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, f"step_{completed_steps}",
                                 checkpoint_state(epoch, micro_step + 1))
                 if is_main:
                     prune_checkpoints(output_dir, args.save_total_limit, tracker.best and tracker.best["step"])
+            timer.restart()  # an evaluation or a checkpoint is not training time
 
         # ---- End of epoch: its train loss, its evaluation, its checkpoint ----
         train_loss = accelerator.reduce(epoch_loss, reduction="sum").item() / max(epoch_rows, 1)
         epoch_record = {"epoch": epoch + 1, "step": completed_steps, "train_loss": train_loss}
         if args.eval_strategy == "epoch":
-            eval_start = time.perf_counter()
             epoch_record |= evaluate_and_track(epoch + 1)
-            window_start += time.perf_counter() - eval_start
         history["epochs"].append(epoch_record)
         logger.info(f"epoch {epoch + 1}: train loss {train_loss:.4f}")
         if tracker.should_stop:
@@ -399,26 +495,38 @@ def main(args) -> None:
             if is_main:
                 prune_checkpoints(output_dir, args.save_total_limit, tracker.best and tracker.best["step"])
     progress.close()
+    if profiler is not None:
+        profiler.stop()
+    real_tokens, token_slots, _ = accelerator.reduce(run_tokens + window_tokens, reduction="sum").tolist()
+    speed = {"tokenize_seconds": tokenize_seconds, "train_seconds": round(timer.total, 3),
+             "train_samples_per_second": round(run_rows / max(timer.total, 1e-9), 3),
+             "train_padding_efficiency": real_tokens / max(token_slots, 1)}
 
     # ---- The final evaluation and outputs: model, metrics.json, log.jsonl ----
     last = history["evaluations"][-1] if history["evaluations"] else None
     if args.load_best_model_at_end:
         # The best evaluation's model, already saved: copy it rather than keep the last step's weights.
         best = next(e for e in history["evaluations"] if e["step"] == tracker.best["step"])
-        history["after"] = {k: v for k, v in best.items() if k not in ("epoch", "step")}
+        history["after"] = {k: v for k, v in best.items() if k not in ("epoch", "step", "seconds")}
         if is_main:
             shutil.copytree(output_dir / "best", output_dir, dirs_exist_ok=True)
     else:
         if last is not None and last["step"] == completed_steps:
             # The model has not changed since that evaluation, which is therefore the "after" figure.
-            history["after"] = {k: v for k, v in last.items() if k not in ("epoch", "step")}
+            history["after"] = {k: v for k, v in last.items() if k not in ("epoch", "step", "seconds")}
         else:
-            history["after"] = evaluate(model, eval_loader, accelerator, label_names)
+            history["after"], predictions["last"] = evaluate(model, eval_loader, accelerator, label_names)
         save_model(model, tokenizer, accelerator, output_dir)
     if is_main:
         history["config"] = config
+        history["speed"] = speed
         history["runtime_seconds"] = round(time.perf_counter() - start_time, 2)
         (output_dir / "metrics.json").write_text(json.dumps(history, indent=2) + "\n")
+        final = predictions["best" if args.load_best_model_at_end else "last"]
+        if final is not None:  # (unknown only when resuming after the evaluation that made it)
+            lines = [json.dumps({"row": i, "label": int(y), "prediction": p})
+                     for i, (y, p) in enumerate(zip(eval_tokens["labels"], final))]
+            (output_dir / "eval_predictions.jsonl").write_text("\n".join(lines) + "\n")
         log_file.close()
         accelerator.print(f"After training:\n{format_report(history['after'])}")
         logger.info(f"Saved the model, metrics.json and log.jsonl to {output_dir} "

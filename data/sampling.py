@@ -13,10 +13,36 @@ import torch
 from torch.utils.data import Dataset
 
 
-def global_batches(num_rows: int, global_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The epoch's shuffled row order cut into global batches; the same on every process for the same seed and epoch."""
-    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    return [order[start : start + global_batch_size] for start in range(0, num_rows, global_batch_size)]
+MEGA_BATCH_STEPS = 50  # length grouping sorts 50 optimizer steps' worth of rows at a time, as transformers does
+
+
+def _cut(rows: list[int], size: int) -> list[list[int]]:
+    return [rows[start : start + size] for start in range(0, len(rows), size)]
+
+
+def global_batches(num_rows: int, global_batch_size: int, seed: int, epoch: int, lengths: list[int] | None = None,
+                   accumulation: int = 1) -> list[list[int]]:
+    """The epoch's shuffled row order cut into global batches; the same on every process for the same seed and epoch.
+
+    With `lengths`, rows of similar length share a batch, so dynamic padding wastes little: the shuffled order is cut
+    into mega-batches, each sorted by length and cut into optimizer steps (global batch x accumulation rows, so the
+    steps do not depend on how they are split into micro-batches or processes), and the steps are shuffled. The short
+    last step stays last; the step with the longest row goes first, so running out of memory shows at once.
+    """
+    generator = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(num_rows, generator=generator).tolist()
+    if lengths is None:
+        return _cut(order, global_batch_size)
+    step_size = global_batch_size * accumulation
+    mega_size = step_size * MEGA_BATCH_STEPS
+    order = [row for mega in _cut(order, mega_size) for row in sorted(mega, key=lambda i: -lengths[i])]
+    steps = _cut(order, step_size)
+    last = [steps.pop()] if len(steps[-1]) < step_size else []
+    steps = [steps[i] for i in torch.randperm(len(steps), generator=generator).tolist()]
+    if steps:
+        longest = max(range(len(steps)), key=lambda k: lengths[steps[k][0]])
+        steps[0], steps[longest] = steps[longest], steps[0]
+    return [batch for step in steps + last for batch in _cut(step, global_batch_size)]
 
 
 def process_batches(batches: list[list[int]], num_rows: int, num_processes: int, process_index: int) -> list[list[int]]:

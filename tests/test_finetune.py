@@ -12,6 +12,9 @@ def test_minilm_learns_imdb_sentiment(minilm_dir, imdb_dir, tmp_path):
     metrics, log = read_outputs(tmp_path)
     assert metrics["before"]["rows"] == 200
     assert metrics["before"]["accuracy"] == pytest.approx(0.515, abs=0.03)  # a fresh head: chance
-    # Measured 0.75, 0.77, 0.815 after epochs 1-3 (fp32, 2 threads); allow for other thread counts and BLAS builds.
-    assert metrics["after"]["accuracy"] == pytest.approx(0.815, abs=0.04)
-    assert [e["train_loss"] for e in metrics["epochs"]] == pytest.approx([0.692, 0.488, 0.199], abs=0.03)
+    # Measured 0.48, 0.765, 0.785 after epochs 1-3 (fp32, 2 threads, length-grouped batches); allow for other thread
+    # counts and BLAS builds.
+    assert metrics["after"]["accuracy"] == pytest.approx(0.785, abs=0.04)
+    assert metrics["after"]["accuracy"] - metrics["before"]["accuracy"] >= 0.2
+    assert [e["train_loss"] for e in metrics["epochs"]] == pytest.approx([0.700, 0.615, 0.298], abs=0.03)
+    assert metrics["speed"]["train_padding_efficiency"] >= 0.97
