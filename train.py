@@ -67,8 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--model_name_or_path", default="google-bert/bert-base-cased")
     optim = parser.add_argument_group("optimization")
     optim.add_argument("--per_device_train_batch_size", type=int, default=8)
-    optim.add_argument("--per_device_eval_batch_size", type=int, default=32,
-                       help="evaluation runs in length order, so larger batches cost little padding")
+    optim.add_argument("--per_device_eval_batch_size", type=int, default=8,
+                       help="evaluation runs in length order, so batches pad little whatever their size")
     optim.add_argument("--learning_rate", type=float, default=5e-5)
     optim.add_argument("--weight_decay", type=float, default=0.01, help="not applied to biases and norm weights")
     optim.add_argument("--num_train_epochs", type=int, default=3)

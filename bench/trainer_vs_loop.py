@@ -2,7 +2,7 @@
 (b) Trainer at its best (dynamic padding, group_by_length, the same precision as c), (c) this repo's train.py.
 
     python bench/trainer_vs_loop.py                                   # MiniLM, 1,000 / 1,000 IMDB rows, fp32 and bf16
-    python bench/trainer_vs_loop.py --train_samples 500 --eval_samples 500 --precisions bf16
+    python bench/trainer_vs_loop.py --train_samples 500 --eval_samples 500 --eval_batch_size 32
 
 Every variant runs in its own process (fair peak memory: the child's max RSS) on the same model, rows and
 hyperparameters: eval before, 1 epoch of training, eval after. Prints a markdown table and writes bench/results/*.json.
@@ -28,7 +28,7 @@ def parse_args(argv=None):
     parser.add_argument("--eval_samples", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--eval_batch_size", type=int, default=32, help="for (b) and (c); (a) uses the recipe's 8")
+    parser.add_argument("--eval_batch_size", type=int, default=8, help="for (b) and (c); (a) uses the recipe's 8")
     parser.add_argument("--learning_rate", type=float, default=5e-5)
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
     parser.add_argument("--results_dir", default=str(ROOT / "bench/results"))
