@@ -30,13 +30,14 @@ from data import (
     WeightedRows,
     global_batches,
     load_splits,
+    padding_efficiency,
     process_batches,
     rows_per_optimizer_step,
     select_subset,
     tokenize,
 )
 from metrics import BestTracker, classification_metrics, format_report
-from metrics.throughput import PhaseTimer, measure_peak_tflops, training_flops
+from metrics.throughput import PhaseTimer, measure_peak_tflops, training_flop_rates
 from model import load_classifier, load_tokenizer, parameter_groups, resolve_max_length
 from model.checkpoints import (
     config_differences,
@@ -197,6 +198,11 @@ def save_model(model, tokenizer, accelerator, directory: Path) -> None:
     accelerator.wait_for_everyone()
 
 
+def metrics_of(evaluation: dict) -> dict:
+    """An `evaluations` record without where and how long: the model's metrics alone."""
+    return {k: v for k, v in evaluation.items() if k not in ("epoch", "step", "seconds")}
+
+
 AUTOCAST_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -284,8 +290,8 @@ def main(args) -> None:
     train_lengths = [len(ids) for ids in train_tokens["input_ids"]] if args.group_by_length else None
     # Evaluate longest first, in length order: batches of similar rows pad little; "row" restores the input order.
     eval_lengths = [len(ids) for ids in eval_tokens["input_ids"]]
-    eval_sorted = eval_tokens.add_column("row", list(range(len(eval_tokens)))).select(
-        sorted(range(len(eval_tokens)), key=lambda i: -eval_lengths[i]))
+    eval_order = sorted(range(len(eval_tokens)), key=lambda i: -eval_lengths[i])
+    eval_sorted = eval_tokens.add_column("row", list(range(len(eval_tokens)))).select(eval_order)
     # Own generators: a DataLoader draws a seed from the global RNG each epoch, which would shift dropout on resume.
     eval_loader = DataLoader(eval_sorted, batch_size=args.per_device_eval_batch_size, collate_fn=collator,
                              generator=torch.Generator())
@@ -372,13 +378,17 @@ def main(args) -> None:
                     f"at step {tracker.best['step']})")
         return metrics
 
-    def checkpoint_state(epoch: int, batches_done: int) -> dict:
-        """Everything beyond accelerate's state that an exact resume needs (losses as sums over all processes)."""
+    def save_and_prune(name: str, epoch: int, batches_done: int) -> None:
+        """A checkpoint with everything beyond accelerate's state that an exact resume needs (losses as sums over all
+        processes); then keep only the newest --save_total_limit (and the best step's)."""
         totals = accelerator.reduce(torch.stack([epoch_loss, window_loss]), "sum")
-        return {"epoch": epoch, "batches_done": batches_done, "completed_steps": completed_steps,
-                "history": history, "tracker": tracker.state_dict(), "settings": settings,
-                "running": {"epoch_loss": totals[0].item(), "epoch_rows": epoch_rows,
-                            "window_loss": totals[1].item(), "window_rows": window_rows}}
+        state = {"epoch": epoch, "batches_done": batches_done, "completed_steps": completed_steps,
+                 "history": history, "tracker": tracker.state_dict(), "settings": settings,
+                 "running": {"epoch_loss": totals[0].item(), "epoch_rows": epoch_rows,
+                             "window_loss": totals[1].item(), "window_rows": window_rows}}
+        save_checkpoint(accelerator, output_dir, name, state)
+        if is_main:
+            prune_checkpoints(output_dir, args.save_total_limit, tracker.best and tracker.best["step"])
 
     # ---- The training loop ----
     def loss_sum(value: float) -> torch.Tensor:
@@ -391,6 +401,7 @@ def main(args) -> None:
     run_rows = 0  # trained in this process's lifetime (a resumed run counts from its checkpoint)
     timer = PhaseTimer(accelerator.device, synchronize=args.profile_steps > 0)
     peak_tflops = args.peak_tflops or measure_peak_tflops(accelerator.device, AUTOCAST_DTYPES[accelerator.mixed_precision])
+    flops_per_token, flops_per_token_pair = training_flop_rates(classifier)
     profiler = start_profiler(args.profile_steps, output_dir, is_main)
     progress = tqdm(total=max_train_steps, initial=completed_steps, desc="train",
                     disable=not accelerator.is_local_main_process)
@@ -457,7 +468,7 @@ def main(args) -> None:
                 loss, (real_tokens, token_slots, squared_lengths) = totals[0] / window_rows, totals[1:]
                 times = timer.read()
                 seconds = sum(times.values())  # training time only: evaluations and checkpoints are not in it
-                flops = training_flops(accelerator.unwrap_model(model), real_tokens, squared_lengths)
+                flops = flops_per_token * real_tokens + flops_per_token_pair * squared_lengths
                 record = {"step": completed_steps, "epoch": round(epoch + (micro_step + 1) / len(shard), 4),
                           "loss": loss, "learning_rate": learning_rate, "samples_per_second": window_rows / seconds,
                           "tokens_per_second": real_tokens / seconds, "padding_efficiency": real_tokens / token_slots,
@@ -474,10 +485,7 @@ def main(args) -> None:
                 evaluate_and_track(epoch + 1)
                 stop = stop or tracker.should_stop
             if isinstance(args.checkpointing_steps, int) and completed_steps % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, f"step_{completed_steps}",
-                                checkpoint_state(epoch, micro_step + 1))
-                if is_main:
-                    prune_checkpoints(output_dir, args.save_total_limit, tracker.best and tracker.best["step"])
+                save_and_prune(f"step_{completed_steps}", epoch, micro_step + 1)
             timer.restart()  # an evaluation or a checkpoint is not training time
 
         # ---- End of epoch: its train loss, its evaluation, its checkpoint ----
@@ -496,29 +504,30 @@ def main(args) -> None:
             logger.info(f"Stopping early: {history['stopped_early']['reason']}")
         if args.checkpointing_steps == "epoch":
             epoch_loss, epoch_rows = torch.zeros((), device=accelerator.device), 0
-            save_checkpoint(accelerator, output_dir, f"epoch_{epoch + 1}", checkpoint_state(epoch + 1, 0))
-            if is_main:
-                prune_checkpoints(output_dir, args.save_total_limit, tracker.best and tracker.best["step"])
+            save_and_prune(f"epoch_{epoch + 1}", epoch + 1, 0)
     progress.close()
     if profiler is not None:
         profiler.stop()
     real_tokens, token_slots, _ = accelerator.reduce(run_tokens + window_tokens, reduction="sum").tolist()
     speed = {"tokenize_seconds": tokenize_seconds, "train_seconds": round(timer.total, 3),
              "train_samples_per_second": round(run_rows / max(timer.total, 1e-9), 3),
-             "train_padding_efficiency": real_tokens / max(token_slots, 1)}
+             "train_padding_efficiency": real_tokens / max(token_slots, 1),
+             "eval_padding_efficiency": padding_efficiency(  # one process's batches of the sorted order
+                 [eval_order[i : i + args.per_device_eval_batch_size]
+                  for i in range(0, len(eval_order), args.per_device_eval_batch_size)], eval_lengths)}
 
     # ---- The final evaluation and outputs: model, metrics.json, log.jsonl ----
     last = history["evaluations"][-1] if history["evaluations"] else None
     if args.load_best_model_at_end:
         # The best evaluation's model, already saved: copy it rather than keep the last step's weights.
         best = next(e for e in history["evaluations"] if e["step"] == tracker.best["step"])
-        history["after"] = {k: v for k, v in best.items() if k not in ("epoch", "step", "seconds")}
+        history["after"] = metrics_of(best)
         if is_main:
             shutil.copytree(output_dir / "best", output_dir, dirs_exist_ok=True)
     else:
         if last is not None and last["step"] == completed_steps:
             # The model has not changed since that evaluation, which is therefore the "after" figure.
-            history["after"] = {k: v for k, v in last.items() if k not in ("epoch", "step", "seconds")}
+            history["after"] = metrics_of(last)
         else:
             history["after"], predictions["last"] = evaluate(model, eval_loader, accelerator, label_names)
         save_model(model, tokenizer, accelerator, output_dir)

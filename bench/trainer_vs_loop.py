@@ -37,16 +37,12 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def padding_efficiency(lengths, batches):
-    return sum(lengths[i] for b in batches for i in b) / sum(len(b) * max(lengths[i] for i in b) for b in batches)
-
-
 def run_trainer(args) -> dict:
     """One Trainer run, (a) `reference` or (b) `best`, timed phase by phase."""
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments, set_seed)
 
-    from data import load_splits, select_subset
+    from data import load_splits, padding_efficiency, select_subset
     from metrics import classification_metrics
 
     reference = args.variant == "reference"
@@ -93,8 +89,8 @@ def run_trainer(args) -> dict:
         masks = [batch["attention_mask"] for batch in trainer.get_train_dataloader()]
         train_efficiency = sum(m.sum().item() for m in masks) / sum(m.numel() for m in masks)
         eval_lengths = [len(ids) for ids in eval_tokens["input_ids"]]
-        eval_efficiency = padding_efficiency(eval_lengths, [list(range(i, min(i + args.eval_batch_size, len(
-            eval_lengths)))) for i in range(0, len(eval_lengths), args.eval_batch_size)])
+        eval_efficiency = padding_efficiency([list(range(i, min(i + args.eval_batch_size, len(eval_lengths))))
+                                              for i in range(0, len(eval_lengths), args.eval_batch_size)], eval_lengths)
     start = time.perf_counter()
     before = trainer.evaluate()
     eval_before_seconds = time.perf_counter() - start
@@ -122,18 +118,10 @@ def run_loop(args, precision: str) -> dict:
     peak = run_measured(command)
     metrics = json.loads((out / "metrics.json").read_text())
     epoch_evals = sum(e["seconds"] for e in metrics["evaluations"])  # per-epoch evaluations: the last is "after"
-    from transformers import AutoTokenizer
-
-    from data import load_splits, select_subset, tokenize
-    splits, _ = load_splits(args.dataset)
-    eval_lengths = [len(ids) for ids in tokenize(select_subset(splits["eval"], args.eval_samples, 42),
-                                                 AutoTokenizer.from_pretrained(args.model), 512)["input_ids"]]
-    ordered = sorted(range(len(eval_lengths)), key=lambda i: -eval_lengths[i])
-    eval_batches = [ordered[i : i + args.eval_batch_size] for i in range(0, len(ordered), args.eval_batch_size)]
     return {"tokenize_s": metrics["speed"]["tokenize_seconds"], "eval_before_s": metrics["before"]["seconds"],
             "train_s": metrics["speed"]["train_seconds"], "eval_after_s": epoch_evals,
             "train_padding_efficiency": metrics["speed"]["train_padding_efficiency"],
-            "eval_padding_efficiency": padding_efficiency(eval_lengths, eval_batches),
+            "eval_padding_efficiency": metrics["speed"]["eval_padding_efficiency"],
             "accuracy_before": metrics["before"]["accuracy"], "accuracy_after": metrics["after"]["accuracy"]}, peak
 
 

@@ -10,7 +10,13 @@ from data.loading import (
     select_subset,
     tokenize,
 )
-from data.sampling import WeightedRows, global_batches, process_batches, rows_per_optimizer_step
+from data.sampling import (
+    WeightedRows,
+    global_batches,
+    padding_efficiency,
+    process_batches,
+    rows_per_optimizer_step,
+)
 
 __all__ = [
     "FILE_FORMATS",
@@ -21,6 +27,7 @@ __all__ = [
     "WeightedRows",
     "global_batches",
     "load_splits",
+    "padding_efficiency",
     "process_batches",
     "rows_per_optimizer_step",
     "select_subset",

@@ -59,6 +59,11 @@ def process_batches(batches: list[list[int]], num_rows: int, num_processes: int,
     return shares
 
 
+def padding_efficiency(batches: list[list[int]], lengths: list[int]) -> float:
+    """Real tokens / padded token slots when each batch is padded to its longest row."""
+    return sum(lengths[i] for b in batches for i in b) / sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+
 def rows_per_optimizer_step(batches: list[list[int]], gradient_accumulation_steps: int) -> list[int]:
     """Real rows (all processes) behind each optimizer step; the last step of an epoch may close a short group."""
     sizes = [len(batch) for batch in batches]

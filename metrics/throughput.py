@@ -35,15 +35,16 @@ class PhaseTimer:
         return {f"time_{phase}_s": round(value, 4) for phase, value in seconds.items()}
 
 
-def training_flops(model: nn.Module, real_tokens: float, squared_lengths: float) -> float:
-    """Forward + backward FLOPs for the real (unpadded) tokens: 6 per weight per token for every non-embedding weight,
-    plus attention scores and values, 12 x layers x hidden per pair of tokens in a sequence (Kaplan et al. 2020)."""
+def training_flop_rates(model: nn.Module) -> tuple[float, float]:
+    """Forward + backward FLOPs per real token and per pair of tokens in a sequence: 6 per non-embedding weight per
+    token, plus attention scores and values, 12 x layers x hidden per pair (Kaplan et al. 2020). Count once per run:
+    training FLOPs = per_token x tokens + per_pair x sum of squared lengths."""
     config = model.config
     embedding_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
     weights = sum(p.numel() for p in model.parameters()) - embedding_weights
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
-    return 6 * weights * real_tokens + 12 * layers * hidden * squared_lengths
+    return 6 * weights, 12 * layers * hidden
 
 
 def measure_peak_tflops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:

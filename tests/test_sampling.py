@@ -4,7 +4,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from data import WeightedRows, global_batches, process_batches, rows_per_optimizer_step
+from data import WeightedRows, global_batches, padding_efficiency, process_batches, rows_per_optimizer_step
 
 
 @pytest.mark.parametrize("num_rows, batch_size, processes", [(64, 8, 1), (101, 8, 2), (17, 8, 2), (50, 4, 3)])
@@ -71,10 +71,6 @@ def imdb_lengths(imdb_dir, minilm_dir):
     texts = pd.read_parquet(imdb_dir / "train.parquet").text.sample(2000, random_state=0).tolist()
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
     return [len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"]]
-
-
-def padding_efficiency(batches, lengths):
-    return sum(lengths[i] for b in batches for i in b) / sum(len(b) * max(lengths[i] for i in b) for b in batches)
 
 
 def test_grouping_makes_real_imdb_batches_almost_free_of_padding(imdb_lengths):
