@@ -7,7 +7,9 @@
 
 Input: --text (repeatable), --input_file (txt: one text per line; csv/jsonl/json/parquet: a text column), or stdin
 lines. Output, in input order: label, score and the probability of every class, as JSONL (default, to stdout) or CSV.
-Texts are batched in length order internally, so little compute goes to padding.
+Texts are batched in length order internally, so little compute goes to padding. Long texts are truncated the way the
+model was trained (--max_length, --truncation_keep and --head_tokens saved by train.py). With --evaluate and
+--output_file, each row also has its true_label, so two models' files can be compared with `python -m metrics.compare`.
 """
 
 import argparse
@@ -19,7 +21,16 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-from data import FILE_FORMATS, LABEL_COLUMNS, TEXT_COLUMNS, find_column, read_table
+from data import (
+    FILE_FORMATS,
+    KEEP_CHOICES,
+    LABEL_COLUMNS,
+    TEXT_COLUMNS,
+    check_head_tokens,
+    encode,
+    find_column,
+    read_table,
+)
 from metrics import classification_metrics, format_report
 
 
@@ -34,6 +45,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_file", default=None, help=".jsonl or .csv; default: JSONL to stdout")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_length", type=int, default=None, help="default: the length the model was trained with")
+    parser.add_argument("--truncation_keep", choices=KEEP_CHOICES, default=None,
+                        help="which tokens of a long text to keep; default: what the model was trained with (or head)")
+    parser.add_argument("--head_tokens", type=int, default=None, help="with head_tail; default: as trained (or 128)")
+    parser.add_argument("--mixed_precision", choices=["no", "bf16", "fp16"], default="no",
+                        help="autocast the forward pass (bf16 is several times faster on recent CPUs and GPUs)")
     parser.add_argument("--evaluate", action="store_true", help="the input has labels: print the four metrics")
     args = parser.parse_args(argv)
     if args.text and args.input_file:
@@ -70,18 +86,25 @@ def read_inputs(args) -> tuple[list[str], list | None]:
     return list(texts), list(labels)
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @torch.no_grad()
-def predict(model, tokenizer, texts: list[str], batch_size: int, max_length: int) -> torch.Tensor:
+def predict(model, tokenizer, texts: list[str], batch_size: int, max_length: int, keep: str = "head",
+            head_tokens: int = 128, mixed_precision: str = "no") -> torch.Tensor:
     """Class probabilities, one row per text in input order; batches are formed in length order."""
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
+    encoded = encode(texts, tokenizer, max_length, keep, head_tokens)
+    fields = list(encoded)
+    order = sorted(range(len(texts)), key=lambda i: len(encoded["input_ids"][i]), reverse=True)
     collator = DataCollatorWithPadding(tokenizer)
     probabilities = torch.empty(len(texts), model.config.num_labels)
     device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(mixed_precision), enabled=mixed_precision != "no")
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        batch = collator([{"input_ids": encoded[i]} for i in rows]).to(device)
-        probabilities[rows] = model(**batch).logits.float().softmax(dim=-1).cpu()
+        batch = collator([{field: encoded[field][i] for field in fields} for i in rows]).to(device)
+        with autocast:
+            probabilities[rows] = model(**batch).logits.float().softmax(dim=-1).cpu()
     return probabilities
 
 
@@ -93,19 +116,25 @@ def label_ids(labels: list, label2id: dict, source: str) -> list[int]:
         raise ValueError(f"{source}: label {error.args[0]!r} is not one of the model's {sorted(label2id)}") from None
 
 
-def write_predictions(probabilities: torch.Tensor, id2label: dict, output_file: str | None) -> None:
+def write_predictions(probabilities: torch.Tensor, id2label: dict, output_file: str | None,
+                      true_labels: list[int] | None = None) -> None:
+    """One row per text: index, label, score, per-class probabilities, and the true label when evaluating."""
     names = [id2label[i] for i in range(probabilities.shape[1])]
     rows = []
     for index, probs in enumerate(probabilities.tolist()):
         best = max(range(len(probs)), key=probs.__getitem__)
         rows.append({"index": index, "label": names[best], "score": probs[best],
                      "probabilities": dict(zip(names, probs))})
+        if true_labels is not None:
+            rows[-1]["true_label"] = names[true_labels[index]]
     if output_file and output_file.endswith(".csv"):
         with open(output_file, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["index", "label", "score", *[f"prob_{name}" for name in names]])
+            truth = ["true_label"] if true_labels is not None else []
+            writer.writerow(["index", "label", "score", *[f"prob_{name}" for name in names], *truth])
             for row in rows:
-                writer.writerow([row["index"], row["label"], row["score"], *row["probabilities"].values()])
+                writer.writerow([row["index"], row["label"], row["score"], *row["probabilities"].values(),
+                                 *([row["true_label"]] if truth else [])])
         return
     with open(output_file, "w") if output_file else sys.stdout as handle:
         handle.writelines(json.dumps(row) + "\n" for row in rows)
@@ -123,10 +152,18 @@ def main(args) -> None:
     if tokenizer.pad_token is None:  # a GPT-2 model not saved by train.py
         tokenizer.pad_token = tokenizer.eos_token
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    max_length = args.max_length or tokenizer.model_max_length  # train.py saves its --max_length there
-    probabilities = predict(model, tokenizer, texts, args.batch_size, max_length)
+    # train.py saves its --max_length as the tokenizer's model_max_length and its truncation choice in the config.
+    max_length = args.max_length or tokenizer.model_max_length
+    keep = args.truncation_keep or getattr(model.config, "truncation_keep", "head")
+    head_tokens = args.head_tokens if args.head_tokens is not None else getattr(model.config, "head_tokens", 128)
+    try:
+        check_head_tokens(keep, head_tokens, max_length, tokenizer)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    probabilities = predict(model, tokenizer, texts, args.batch_size, max_length, keep, head_tokens,
+                            args.mixed_precision)
     if args.output_file or not args.evaluate:
-        write_predictions(probabilities, model.config.id2label, args.output_file)
+        write_predictions(probabilities, model.config.id2label, args.output_file, labels)
     if labels is not None:
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         print(format_report(classification_metrics(labels, probabilities.argmax(-1).numpy(), names)))

@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
 from data import (
+    KEEP_CHOICES,
+    check_head_tokens,
     WeightedRows,
     global_batches,
     load_splits,
@@ -62,6 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--subset_seed", type=int, default=42, help="the subset is split.shuffle(seed).select(range(n))")
     data.add_argument("--max_length", type=int, default=None,
                       help="truncate to this many tokens (default: the model's limit, at most 512)")
+    data.add_argument("--truncation_keep", choices=KEEP_CHOICES, default="head",
+                      help="which tokens of a text longer than --max_length to keep: the head (the recipe), the tail, "
+                           "or head_tail (the first --head_tokens and the end; Sun et al. 2019)")
+    data.add_argument("--head_tokens", type=int, default=128, help="with --truncation_keep head_tail")
     data.add_argument("--group_by_length", action=argparse.BooleanOptionalAction, default=True,
                       help="batch training rows of similar length (shuffled in mega-batches), so padding wastes little")
     model = parser.add_argument_group("model")
@@ -149,13 +155,14 @@ def load_data_and_model(args, accelerator):
         tokenizer = load_tokenizer(args.model_name_or_path)
         classifier = load_classifier(args.model_name_or_path, label_names, tokenizer)
         args.max_length = resolve_max_length(args.max_length, tokenizer, classifier.config)
+        check_head_tokens(args.truncation_keep, args.head_tokens, args.max_length, tokenizer)
     except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}") from None
     # The main process tokenizes first and fills the datasets cache; the others then read it.
     start = time.perf_counter()
     with accelerator.main_process_first():
-        train_tokens = tokenize(train_rows, tokenizer, args.max_length)
-        eval_tokens = tokenize(eval_rows, tokenizer, args.max_length)
+        train_tokens = tokenize(train_rows, tokenizer, args.max_length, args.truncation_keep, args.head_tokens)
+        eval_tokens = tokenize(eval_rows, tokenizer, args.max_length, args.truncation_keep, args.head_tokens)
     tokenize_seconds = round(time.perf_counter() - start, 3)
     return train_tokens, eval_tokens, label_names, tokenizer, classifier, tokenize_seconds
 
@@ -285,7 +292,9 @@ def main(args) -> None:
 
     # ---- Data and model ----
     train_tokens, eval_tokens, label_names, tokenizer, classifier, tokenize_seconds = load_data_and_model(args, accelerator)
-    tokenizer.model_max_length = args.max_length  # saved with the model, so pipelines and predict.py truncate alike
+    # Saved with the model, so predict.py truncates as training did (pipelines read model_max_length only: head).
+    tokenizer.model_max_length = args.max_length
+    classifier.config.truncation_keep, classifier.config.head_tokens = args.truncation_keep, args.head_tokens
     collator = DataCollatorWithPadding(tokenizer)  # pads each batch to its own longest row
     train_lengths = [len(ids) for ids in train_tokens["input_ids"]] if args.group_by_length else None
     # Evaluate longest first, in length order: batches of similar rows pad little; "row" restores the input order.

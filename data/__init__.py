@@ -1,4 +1,5 @@
-"""Data: load the splits, pick the recipe's subset, tokenize without padding, and shard training batches by process."""
+"""Data: load the splits, pick the recipe's subset, tokenize without padding (keeping the head, the tail or both ends
+of long texts), and shard training batches by process."""
 
 from data.loading import (
     FILE_FORMATS,
@@ -10,6 +11,7 @@ from data.loading import (
     select_subset,
     tokenize,
 )
+from data.truncation import KEEP_CHOICES, check_head_tokens, encode
 from data.sampling import (
     WeightedRows,
     global_batches,
@@ -20,6 +22,9 @@ from data.sampling import (
 
 __all__ = [
     "FILE_FORMATS",
+    "KEEP_CHOICES",
+    "check_head_tokens",
+    "encode",
     "LABEL_COLUMNS",
     "TEXT_COLUMNS",
     "find_column",

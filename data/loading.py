@@ -9,6 +9,8 @@ from pathlib import Path
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict
 
+from data.truncation import encode
+
 TEXT_COLUMNS = ("text", "sentence", "review", "content")
 LABEL_COLUMNS = ("label", "labels", "sentiment")
 EVAL_SPLITS = ("test", "validation")  # first found is the eval split
@@ -38,10 +40,11 @@ def select_subset(split: Dataset, num_rows: int, seed: int) -> Dataset:
     return split.shuffle(seed=seed).select(range(num_rows))
 
 
-def tokenize(split: Dataset, tokenizer, max_length: int) -> Dataset:
-    """Token ids truncated to max_length and *not* padded: the collator pads each batch to its own longest row."""
+def tokenize(split: Dataset, tokenizer, max_length: int, keep: str = "head", head_tokens: int = 128) -> Dataset:
+    """Token ids truncated to max_length (keeping the head, tail or both ends of long texts) and *not* padded: the
+    collator pads each batch to its own longest row."""
     tokenized = split.map(
-        lambda rows: tokenizer(rows["text"], truncation=True, max_length=max_length),
+        lambda rows: encode(rows["text"], tokenizer, max_length, keep, head_tokens),
         batched=True,
         remove_columns=["text"],
         desc="Tokenizing",

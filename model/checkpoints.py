@@ -17,8 +17,9 @@ STATE_FILE = "training_state.json"
 # values would not continue the run but start a different one from the middle.
 RESUME_KEYS = (
     "model_name_or_path", "dataset_name", "text_column", "label_column", "train_samples", "eval_samples", "subset_seed",
-    "max_length", "per_device_train_batch_size", "gradient_accumulation_steps", "num_processes", "learning_rate",
-    "weight_decay", "num_train_epochs", "max_train_steps", "num_warmup_steps", "warmup_ratio", "seed",
+    "max_length", "truncation_keep", "head_tokens", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "num_processes", "learning_rate", "weight_decay", "num_train_epochs", "max_train_steps", "num_warmup_steps",
+    "warmup_ratio", "seed",
 )
 
 
@@ -79,9 +80,10 @@ def load_training_state(checkpoint: Path) -> dict:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """`key: saved -> current` for every resume-relevant setting that changed."""
-    return [f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in RESUME_KEYS
-            if saved.get(key) != current.get(key)]
+    """`key: saved -> current` for every resume-relevant setting that changed (settings newer than the checkpoint are
+    not compared)."""
+    return [f"{key}: {saved[key]!r} -> {current.get(key)!r}" for key in RESUME_KEYS
+            if key in saved and saved[key] != current.get(key)]
 
 
 def prune_checkpoints(output_dir, keep: int | None, best_step: int | None) -> list[Path]:

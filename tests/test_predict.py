@@ -69,7 +69,8 @@ def test_csv_in_csv_out_and_evaluate_prints_the_four_metrics(trained, tmp_path):
                           "--output_file", tmp_path / "out.csv"])
     with open(tmp_path / "out.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["index", "label", "score", "prob_neg", "prob_pos"]
+    assert list(rows[0]) == ["index", "label", "score", "prob_neg", "prob_pos", "true_label"]
+    assert [row["true_label"] for row in rows] == list(frame.sentiment)
     predicted = [row["label"] for row in rows]
     accuracy = sum(p == t for p, t in zip(predicted, frame.sentiment)) / len(TEXTS)
     assert stdout.splitlines()[0] == f"Accuracy: {accuracy:.4f}"
@@ -82,3 +83,32 @@ def test_unknown_label_name_is_one_line(trained, tmp_path):
                              str(tmp_path / "bad.jsonl"), "--evaluate"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'bad.jsonl'}: label 'meh' is not one of the model's ['neg', 'pos']"
+
+
+LONG = ("The first half drags: slow scenes, flat jokes, nothing happens for an hour. " * 3
+        + "Then it turns around and the ending is superb, moving and funny; I loved it.")
+
+
+def test_predict_truncates_as_the_model_was_trained_and_bf16_stays_close(tiny_bert, small_imdb, tmp_path):
+    from data import encode
+
+    out = tmp_path / "head_tail_model"
+    run_train(["--model_name_or_path", tiny_bert, "--dataset_name", small_imdb, "--output_dir", out,
+               "--train_samples", 16, "--eval_samples", 16, "--max_train_steps", 1, "--max_length", 16,
+               "--truncation_keep", "head_tail", "--head_tokens", 4, "--logging_steps", 1])
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert (model.config.truncation_keep, model.config.head_tokens, tokenizer.model_max_length) == ("head_tail", 4, 16)
+    expected = {}
+    for keep in ("head_tail", "head"):
+        encoded = encode([LONG], tokenizer, 16, keep, 4)
+        with torch.no_grad():
+            logits = model(**{k: torch.tensor(v) for k, v in encoded.items()}).logits
+        expected[keep] = logits.softmax(-1)[0].tolist()
+    assert expected["head_tail"] != pytest.approx(expected["head"], abs=1e-6)  # the choice matters for this text
+    rows = [json.loads(line) for line in run_predict([out, "--text", LONG]).splitlines()]
+    assert list(rows[0]["probabilities"].values()) == pytest.approx(expected["head_tail"], abs=1e-5)
+    rows = [json.loads(line) for line in run_predict([out, "--text", LONG, "--truncation_keep", "head"]).splitlines()]
+    assert list(rows[0]["probabilities"].values()) == pytest.approx(expected["head"], abs=1e-5)
+    rows = [json.loads(line) for line in run_predict([out, "--text", LONG, "--mixed_precision", "bf16"]).splitlines()]
+    assert list(rows[0]["probabilities"].values()) == pytest.approx(expected["head_tail"], abs=2e-2)
