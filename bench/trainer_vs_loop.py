@@ -37,12 +37,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def loader_padding_efficiency(loader) -> float:
+    """Real tokens / tokens computed over the batches a dataloader forms."""
+    masks = [batch["attention_mask"] for batch in loader]
+    return sum(m.sum().item() for m in masks) / sum(m.numel() for m in masks)
+
+
 def run_trainer(args) -> dict:
     """One Trainer run, (a) `reference` or (b) `best`, timed phase by phase."""
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments, set_seed)
 
-    from data import load_splits, padding_efficiency, select_subset
+    from data import load_splits, select_subset
     from metrics import classification_metrics
 
     reference = args.variant == "reference"
@@ -85,12 +91,9 @@ def run_trainer(args) -> dict:
         train_efficiency = sum(lengths) / (512 * len(lengths))
         eval_lengths = [sum(mask) for mask in eval_tokens["attention_mask"]]
         eval_efficiency = sum(eval_lengths) / (512 * len(eval_lengths))
-    else:  # the batches its own train dataloader forms
-        masks = [batch["attention_mask"] for batch in trainer.get_train_dataloader()]
-        train_efficiency = sum(m.sum().item() for m in masks) / sum(m.numel() for m in masks)
-        eval_lengths = [len(ids) for ids in eval_tokens["input_ids"]]
-        eval_efficiency = padding_efficiency([list(range(i, min(i + args.eval_batch_size, len(eval_lengths))))
-                                              for i in range(0, len(eval_lengths), args.eval_batch_size)], eval_lengths)
+    else:  # the batches its own dataloaders form (with group_by_length, eval batches are length-grouped too)
+        train_efficiency = loader_padding_efficiency(trainer.get_train_dataloader())
+        eval_efficiency = loader_padding_efficiency(trainer.get_eval_dataloader())
     start = time.perf_counter()
     before = trainer.evaluate()
     eval_before_seconds = time.perf_counter() - start
