@@ -109,11 +109,18 @@ def predict(model, tokenizer, texts: list[str], batch_size: int, max_length: int
 
 
 def label_ids(labels: list, label2id: dict, source: str) -> list[int]:
-    """Labels given as ids or as the model's label names."""
-    try:
-        return [label if isinstance(label, int) else label2id[label] for label in labels]
-    except KeyError as error:
-        raise ValueError(f"{source}: label {error.args[0]!r} is not one of the model's {sorted(label2id)}") from None
+    """Labels given as ids (0..num_labels-1) or as the model's label names."""
+    ids = []
+    for row, label in enumerate(labels):
+        if label is None:
+            raise ValueError(f"{source}: row {row} (0-based) has no label; fill or remove that row")
+        if isinstance(label, int) and not 0 <= label < len(label2id):
+            raise ValueError(f"{source}: row {row} (0-based) has label {label}, outside the model's 0..{len(label2id) - 1} "
+                             f"({', '.join(label2id)})")
+        if not isinstance(label, int) and label not in label2id:
+            raise ValueError(f"{source}: label {label!r} is not one of the model's {sorted(label2id)}")
+        ids.append(label if isinstance(label, int) else label2id[label])
+    return ids
 
 
 def write_predictions(probabilities: torch.Tensor, id2label: dict, output_file: str | None,

@@ -1,17 +1,21 @@
 """Fine-tune a pretrained transformer for text classification with a hand-written Accelerate loop.
 
     accelerate launch train.py                      # the reference recipe: bert-base-cased on 5,000 IMDB reviews
-    python train.py --model_name_or_path DIR ...    # one process, no launcher: a debugger can step through the loop
+    accelerate launch train.py --config configs/imdb-gpt2.yaml --learning_rate 3e-5   # a file, flags override it
+    python train.py --model_name_or_path DIR --debug   # one process, no launcher, seconds: step through the loop
 
 Top to bottom: arguments; data and model; optimizer and schedule; evaluation; the training loop; outputs.
 """
 
 import argparse
+import contextlib
+import difflib
 import json
 import logging
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -19,9 +23,16 @@ import datasets
 import torch
 import torch.nn.functional as F
 import transformers
+import yaml
 from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
-from accelerate.utils import DistributedType, broadcast_object_list, set_seed
+from accelerate.utils import (
+    DistributedType,
+    broadcast_object_list,
+    is_tensorboard_available,
+    is_wandb_available,
+    set_seed,
+)
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
@@ -39,11 +50,13 @@ from data import (
     tokenize,
 )
 from metrics import BestTracker, classification_metrics, format_report
+from metrics.report import confusion, write_markdown, write_picture
 from metrics.throughput import PhaseTimer, measure_peak_tflops, training_flop_rates
 from model import load_classifier, load_tokenizer, parameter_groups, resolve_max_length
 from model.checkpoints import (
     config_differences,
     find_checkpoint,
+    list_checkpoints,
     load_training_state,
     prune_checkpoints,
     save_checkpoint,
@@ -54,6 +67,8 @@ logger = logging.getLogger("train")
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None,
+                        help="a YAML or JSON file of flag values (keys as the flag names); flags given here override it")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", default="stanfordnlp/imdb",
                       help="Hub name, or a local directory/file (parquet, csv, json, jsonl) or aclImdb/ folder")
@@ -72,6 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="batch training rows of similar length (shuffled in mega-batches), so padding wastes little")
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", default="google-bert/bert-base-cased")
+    model.add_argument("--ignore_mismatched_sizes", action="store_true",
+                       help="replace the classification head of a model fine-tuned for another number of labels")
     optim = parser.add_argument_group("optimization")
     optim.add_argument("--per_device_train_batch_size", type=int, default=8)
     optim.add_argument("--per_device_eval_batch_size", type=int, default=8,
@@ -104,6 +121,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     output.add_argument("--checkpointing_steps", default=None,
                         help="save the full training state every N optimizer steps, or 'epoch'")
     output.add_argument("--save_total_limit", type=int, default=None, help="keep the newest N checkpoints (and the best)")
+    output.add_argument("--report_to", choices=["none", "tensorboard", "wandb", "all"], default="none",
+                        help="also log to these trackers (all: every one installed); TensorBoard: "
+                             "tensorboard --logdir OUTPUT_DIR/tensorboard")
     output.add_argument("--resume_from_checkpoint", default=None,
                         help="a checkpoint folder, or 'latest' in --output_dir; continues exactly where it stopped")
     speed = parser.add_argument_group("speed and profiling")
@@ -111,7 +131,23 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="profile this many optimizer steps (after the first) with torch.profiler")
     speed.add_argument("--peak_tflops", type=float, default=None,
                        help="the device's peak for the MFU estimate (default: a matmul measured at start)")
+    speed.add_argument("--dataloader_num_workers", type=int, default=0,
+                       help="worker processes for each DataLoader; 0 loads in the main process (debuggers can follow)")
+    debug = parser.add_argument_group("debugging")
+    debug.add_argument("--debug", action="store_true",
+                       help=f"{DEBUG_TRAIN_ROWS} train / {DEBUG_EVAL_ROWS} eval rows, 1 epoch, evaluate every "
+                            f"{DEBUG_EVAL_STEPS} steps, log every step, autograd anomaly detection, full tracebacks")
+    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
+    given, _ = parser.parse_known_args(argv)
+    if given.config:  # the file's values first, so the command line's flags (parsed later) win
+        argv = config_arguments(given.config, parser) + argv
     args = parser.parse_args(argv)
+    if args.debug:  # seconds, not hours: tiny subsets, one epoch, frequent evaluation and logging
+        args.train_samples = min(args.train_samples, DEBUG_TRAIN_ROWS) if args.train_samples > 0 else DEBUG_TRAIN_ROWS
+        args.eval_samples = min(args.eval_samples, DEBUG_EVAL_ROWS) if args.eval_samples > 0 else DEBUG_EVAL_ROWS
+        args.num_train_epochs, args.logging_steps = 1, 1
+        if args.eval_strategy != "no":
+            args.eval_strategy, args.eval_steps = "steps", args.eval_steps or DEBUG_EVAL_STEPS
 
     # Fail before any work: every check a user can get wrong from the command line.
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs",
@@ -141,23 +177,91 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("early_stopping_patience", "save_total_limit"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.dataloader_num_workers < 0:
+        parser.error(f"--dataloader_num_workers must be >= 0, got {args.dataloader_num_workers}")
+    try:
+        args.trackers = trackers_for(args.report_to)
+    except ValueError as error:
+        parser.error(str(error))
     return args
+
+
+DEBUG_TRAIN_ROWS, DEBUG_EVAL_ROWS, DEBUG_EVAL_STEPS = 64, 32, 4
+
+
+def config_arguments(path: str, parser: argparse.ArgumentParser) -> list[str]:
+    """A YAML/JSON file of flag values turned into command-line arguments, so argparse converts and checks them like
+    typed flags. Unknown keys are an error naming the nearest flag."""
+    file = Path(path)
+    if not file.is_file():
+        parser.error(f"--config {path}: no such file")
+    try:
+        values = json.loads(file.read_text()) if file.suffix == ".json" else yaml.safe_load(file.read_text())
+    except (ValueError, yaml.YAMLError) as error:
+        parser.error(f"--config {path}: not valid {'JSON' if file.suffix == '.json' else 'YAML'} "
+                     f"({str(error).splitlines()[0]})")
+    if not isinstance(values, dict):
+        parser.error(f"--config {path}: expected a mapping of flag names to values, like `learning_rate: 5.0e-5`")
+    actions = {action.dest: action for action in parser._actions if action.option_strings and action.dest != "help"}
+    arguments = []
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None or key == "config":
+            nearest = difflib.get_close_matches(str(key), [name for name in actions if name != "config"], n=1)
+            parser.error(f"--config {path}: unknown key {key!r}" + (f"; did you mean {nearest[0]!r}?" if nearest else ""))
+        if value is None:  # `key: null` keeps the default
+            continue
+        if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction)):
+            if not isinstance(value, bool):
+                parser.error(f"--config {path}: {key} must be true or false, got {value!r}")
+            if isinstance(action, argparse.BooleanOptionalAction):
+                arguments.append(f"--{key}" if value else f"--no-{key}")
+            elif value:
+                arguments.append(f"--{key}")
+        else:
+            arguments += [f"--{key}", str(value)]
+    return arguments
+
+
+def trackers_for(report_to: str) -> list[str]:
+    """The accelerate trackers --report_to asks for; one that is not installed is an error saying what to install."""
+    installed = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
+    if report_to == "none":
+        return []
+    if report_to == "all":
+        if not any(installed.values()):
+            raise ValueError("--report_to all: neither tensorboard nor wandb is installed; pip install tensorboard "
+                             "(or wandb), or pass --report_to none")
+        return [name for name, present in installed.items() if present]
+    if not installed[report_to]:
+        raise ValueError(f"--report_to {report_to}: {report_to} is not installed; pip install {report_to}, or pass "
+                         "--report_to none")
+    return [report_to]
+
+
+@contextlib.contextmanager
+def one_line_errors(debug: bool):
+    """Bad input (ValueError, OSError) ends the run with one `error:` line, or with the full traceback under --debug."""
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        if debug:
+            raise
+        raise SystemExit(f"error: {error}") from None
 
 
 def load_data_and_model(args, accelerator):
     """Tokenized train/eval rows, label names, tokenizer, classifier, and the seconds tokenizing took; bad input is one
     line and exit code 1."""
-    try:
+    with one_line_errors(args.debug):
         splits, label_names = load_splits(args.dataset_name, args.text_column, args.label_column)
         # Pick the subset before tokenizing: only the rows we use are tokenized.
         train_rows = select_subset(splits["train"], args.train_samples, args.subset_seed)
         eval_rows = select_subset(splits["eval"], args.eval_samples, args.subset_seed)
         tokenizer = load_tokenizer(args.model_name_or_path)
-        classifier = load_classifier(args.model_name_or_path, label_names, tokenizer)
+        classifier = load_classifier(args.model_name_or_path, label_names, tokenizer, args.ignore_mismatched_sizes)
         args.max_length = resolve_max_length(args.max_length, tokenizer, classifier.config)
         check_head_tokens(args.truncation_keep, args.head_tokens, args.max_length, tokenizer)
-    except (ValueError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
     # The main process tokenizes first and fills the datasets cache; the others then read it.
     start = time.perf_counter()
     with accelerator.main_process_first():
@@ -203,6 +307,22 @@ def save_model(model, tokenizer, accelerator, directory: Path) -> None:
     if accelerator.is_main_process:
         tokenizer.save_pretrained(directory)
     accelerator.wait_for_everyone()
+
+
+TRACKED_TRAIN_KEYS = ("loss", "learning_rate", "samples_per_second", "tokens_per_second")
+
+
+def tracked(metrics: dict, prefix: str) -> dict:
+    """The scalars of an evaluation for the trackers: eval/accuracy, eval/f1, ..."""
+    return {f"{prefix}/{k}": v for k, v in metrics.items() if k in ("accuracy", "f1", "precision", "recall", "loss")}
+
+
+def non_finite_loss_error(step: int, epoch: int, output_dir: Path) -> SystemExit:
+    checkpoints = list_checkpoints(output_dir)
+    kept = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint had been saved"
+    return SystemExit(f"error: the training loss is NaN or infinite at step {step} (epoch {epoch}); stopped before "
+                      f"updating the weights, {kept}. Try a lower --learning_rate, --max_grad_norm 1.0, or bf16 "
+                      "instead of fp16")
 
 
 def metrics_of(evaluation: dict) -> dict:
@@ -269,7 +389,8 @@ def check_output_dir(args) -> Path | None:
 def main(args) -> None:
     start_time = time.perf_counter()
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
-                              mixed_precision=args.mixed_precision)
+                              mixed_precision=args.mixed_precision, log_with=args.trackers or None,
+                              project_dir=Path(args.output_dir) / "tensorboard")
     is_main = accelerator.is_main_process
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:  # e.g. --multi_gpu on a machine without GPUs: N lone trainings
@@ -284,10 +405,9 @@ def main(args) -> None:
     if not accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
-    try:
+    with one_line_errors(args.debug):
         checkpoint = check_output_dir(args)
-    except OSError as error:
-        raise SystemExit(f"error: {error}") from None
+    torch.autograd.set_detect_anomaly(args.debug)  # names the forward op behind a NaN gradient (slow: --debug only)
     set_seed(args.seed)  # before the classifier head is initialized
 
     # ---- Data and model ----
@@ -303,7 +423,7 @@ def main(args) -> None:
     eval_sorted = eval_tokens.add_column("row", list(range(len(eval_tokens)))).select(eval_order)
     # Own generators: a DataLoader draws a seed from the global RNG each epoch, which would shift dropout on resume.
     eval_loader = DataLoader(eval_sorted, batch_size=args.per_device_eval_batch_size, collate_fn=collator,
-                             generator=torch.Generator())
+                             num_workers=args.dataloader_num_workers, generator=torch.Generator())
 
     # ---- Optimizer and schedule, counted in optimizer steps across all processes ----
     num_processes, accumulation = accelerator.num_processes, args.gradient_accumulation_steps
@@ -353,7 +473,7 @@ def main(args) -> None:
     log_file = None
     if is_main:  # one writer: only the main process touches output_dir
         if checkpoint is None and args.overwrite_output_dir:
-            for stale in ("checkpoints", "best"):  # a previous run's, which `latest` or the best must not pick up
+            for stale in ("checkpoints", "best", "tensorboard"):  # a previous run's: not to be mixed with this one
                 shutil.rmtree(output_dir / stale, ignore_errors=True)
         output_dir.mkdir(parents=True, exist_ok=True)
         kept = []
@@ -362,12 +482,16 @@ def main(args) -> None:
                     if json.loads(line)["step"] <= completed_steps]
         log_file = open(output_dir / "log.jsonl", "w")
         log_file.writelines(line + "\n" for line in kept)
+    if args.trackers:  # every process calls it; only the main process writes
+        accelerator.init_trackers("text-classification",
+                                  config={k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))})
 
     # ---- Evaluation before training ----
     if history["before"] is None:
         eval_start = time.perf_counter()
         history["before"], _ = evaluate(model, eval_loader, accelerator, label_names)
         history["before"]["seconds"] = round(time.perf_counter() - eval_start, 3)
+        accelerator.log(tracked(history["before"], "eval"), step=0)
         accelerator.print(f"Before training:\n{format_report(history['before'])}")
 
     predictions = {"last": None, "best": None}  # main process: eval predictions in input order
@@ -378,6 +502,7 @@ def main(args) -> None:
         metrics, predictions["last"] = evaluate(model, eval_loader, accelerator, label_names)
         seconds = round(time.perf_counter() - eval_start, 3)
         history["evaluations"].append({"epoch": epoch, "step": completed_steps} | metrics | {"seconds": seconds})
+        accelerator.log(tracked(metrics, "eval"), step=completed_steps)
         if tracker.update(metrics, epoch, completed_steps):
             predictions["best"] = predictions["last"]
             save_model(model, tokenizer, accelerator, output_dir / "best")
@@ -405,6 +530,7 @@ def main(args) -> None:
         return torch.tensor(value if is_main else 0.0, device=accelerator.device)
 
     window_loss, window_rows = loss_sum(running["window_loss"]), running["window_rows"]
+    step_loss = torch.zeros((), device=accelerator.device)  # this optimizer step's loss sum, checked before the update
     window_tokens = torch.zeros(3, device=accelerator.device)  # real tokens, token slots, sum of squared lengths
     run_tokens = torch.zeros(3, device=accelerator.device)  # the same over the whole run (this process)
     run_rows = 0  # trained in this process's lifetime (a resumed run counts from its checkpoint)
@@ -431,7 +557,7 @@ def main(args) -> None:
         # marks the epoch's last batch, which makes accumulate() step on a short final group too.
         train_loader = prepare_data_loader(
             DataLoader(WeightedRows(train_tokens), batch_sampler=shard[skip:], collate_fn=collator,
-                       generator=torch.Generator()),
+                       num_workers=args.dataloader_num_workers, generator=torch.Generator()),
             device=accelerator.device, num_processes=1, process_index=0,
         )
         timer.restart()
@@ -454,8 +580,16 @@ def main(args) -> None:
                 accelerator.backward(row_losses.sum() * num_processes * accumulation / step_rows)
                 window_loss += row_losses.detach().sum()
                 epoch_loss += row_losses.detach().sum()
+                step_loss += row_losses.detach().sum()
                 timer.lap("backward")
-                if accelerator.sync_gradients:  # the last micro-batch of a group: clip, step, schedule
+                if accelerator.sync_gradients:  # the last micro-batch of a group: check, clip, step, schedule
+                    # A NaN/inf loss would poison the weights: stop before the update (one sync per step, as the
+                    # Trainer's NaN filter does), so the last checkpoint and the weights stay good.
+                    if not torch.isfinite(accelerator.reduce(step_loss, reduction="sum")):
+                        progress.close()
+                        accelerator.end_training()
+                        raise non_finite_loss_error(completed_steps + 1, epoch + 1, output_dir)
+                    step_loss.zero_()
                     if args.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                     learning_rate = lr_scheduler.get_last_lr()[0]
@@ -485,6 +619,7 @@ def main(args) -> None:
                 if is_main:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
+                accelerator.log({f"train/{key}": record[key] for key in TRACKED_TRAIN_KEYS}, step=completed_steps)
                 progress.set_postfix(loss=f"{loss:.4f}", lr=f"{learning_rate:.2e}")
                 window_loss, window_rows = torch.zeros_like(window_loss), 0
                 run_tokens += window_tokens
@@ -544,13 +679,18 @@ def main(args) -> None:
         history["config"] = config
         history["speed"] = speed
         history["runtime_seconds"] = round(time.perf_counter() - start_time, 2)
-        (output_dir / "metrics.json").write_text(json.dumps(history, indent=2) + "\n")
         final = predictions["best" if args.load_best_model_at_end else "last"]
         if final is not None:  # (unknown only when resuming after the evaluation that made it)
+            eval_labels = list(eval_tokens["labels"])
+            history["confusion_matrix"] = confusion(eval_labels, final, label_names)
             lines = [json.dumps({"row": i, "label": int(y), "prediction": p})
-                     for i, (y, p) in enumerate(zip(eval_tokens["labels"], final))]
+                     for i, (y, p) in enumerate(zip(eval_labels, final))]
             (output_dir / "eval_predictions.jsonl").write_text("\n".join(lines) + "\n")
+        (output_dir / "metrics.json").write_text(json.dumps(history, indent=2) + "\n")
         log_file.close()
+        write_markdown(output_dir / "report.md", history)
+        write_picture(output_dir / "report.png", history,
+                      [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()])
         accelerator.print(f"After training:\n{format_report(history['after'])}")
         logger.info(f"Saved the model, metrics.json and log.jsonl to {output_dir} "
                     f"({history['runtime_seconds']:.0f} s in all)")

@@ -17,20 +17,23 @@ EVAL_SPLITS = ("test", "validation")  # first found is the eval split
 FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 # Datasets that store integer labels without names; IMDB's Hub copy calls 0 "neg" and 1 "pos".
 KNOWN_LABEL_NAMES = {"imdb": ["neg", "pos"]}
+NO_ROWS = "no rows (only a header?); every split needs labelled texts"
 
 
 def load_splits(name: str, text_column: str | None = None, label_column: str | None = None):
     """Return (DatasetDict with `train` and `eval`, each with columns `text` and `label`; the label names)."""
     path = Path(name).expanduser()
     if path.is_dir() and _aclimdb_root(path) is not None:
-        raw = _load_aclimdb(_aclimdb_root(path))
+        root = _aclimdb_root(path)
+        raw, origins = _load_aclimdb(root), {"train": f"{root}/train", "eval": f"{root}/test"}
     elif path.exists():
-        raw = _load_files(path)
+        raw, origins = _load_files(path)
     elif _looks_like_path(name):
         raise FileNotFoundError(f"--dataset_name {name}: no such file or directory")
     else:
         raw = _load_hub(name)
-    return _normalize(raw, name, text_column, label_column)
+        origins = {split: f"{name} ({split} split)" for split in raw}
+    return _normalize(raw, name, origins, text_column, label_column)
 
 
 def select_subset(split: Dataset, num_rows: int, seed: int) -> Dataset:
@@ -75,7 +78,7 @@ def _split_of(file: Path) -> str:
     return stem.lower()
 
 
-def _load_files(path: Path) -> DatasetDict:
+def _load_files(path: Path) -> tuple[DatasetDict, dict]:
     if path.is_file():
         if path.suffix not in FILE_FORMATS:
             raise ValueError(f"--dataset_name {path}: unsupported file type; use parquet, csv, json or jsonl")
@@ -104,15 +107,21 @@ def _load_files(path: Path) -> DatasetDict:
         raise ValueError(f"--dataset_name {path}: mixed file types {sorted(formats)}; keep one format per dataset")
     fmt = formats.pop()
     # One load per split: splits may differ in extra columns, which one multi-split load refuses.
-    return DatasetDict({split: read_table(fmt, files) for split, files in splits.items()})
+    origins = {split: ", ".join(map(str, files)) for split, files in splits.items()}
+    return DatasetDict({split: read_table(fmt, files) for split, files in splits.items()}), origins
 
 
 def read_table(fmt: str, files: list[Path]) -> Dataset:
     try:
         return datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")
+    except ValueError as error:
+        if "corresponds to no data" not in str(error):  # what datasets says of a file with a header and no rows
+            raise
+        raise ValueError(f"{', '.join(map(str, files))}: {NO_ROWS}") from None
     except datasets.exceptions.DatasetGenerationError as error:
         cause = str(error.__cause__ or error).strip().splitlines()[-1]
-        raise ValueError(f"{', '.join(map(str, files))}: cannot read it as {fmt} ({cause})") from error
+        advice = "re-save it as UTF-8" if "codec can't decode" in cause else f"check that it is valid {fmt}"
+        raise ValueError(f"{', '.join(map(str, files))}: cannot read it as {fmt} ({cause}); {advice}") from error
 
 
 def _aclimdb_root(path: Path) -> Path | None:
@@ -151,7 +160,21 @@ def find_column(split: Dataset, given: str | None, candidates: tuple, flag: str,
     raise ValueError(f"{source}: none of the columns {split.column_names} is a known {flag[2:]}; pass {flag}")
 
 
-def _normalize(raw: DatasetDict, source: str, text_column: str | None, label_column: str | None):
+def check_rows(rows: Dataset, text: str, label: str | None, origin: str) -> None:
+    """Every row has a non-blank text and (when labels are used) a label; the first bad row is named."""
+    for index, value in enumerate(rows.data.column(text).to_pylist()):
+        if not isinstance(value, str) or not value.strip():
+            what = "no text" if value is None else f"an empty text {value!r}" if isinstance(value, str) else \
+                f"a {type(value).__name__} instead of a text"
+            raise ValueError(f"{origin}: row {index} (0-based) has {what} in column {text!r}; fill or remove that row")
+    if label is not None:
+        missing = rows.data.column(label).is_null().to_pylist()
+        if any(missing):
+            raise ValueError(f"{origin}: row {missing.index(True)} (0-based) has no label in column {label!r}; "
+                             "fill or remove that row")
+
+
+def _normalize(raw: DatasetDict, source: str, origins: dict, text_column: str | None, label_column: str | None):
     if "train" not in raw:
         raise ValueError(f"--dataset_name {source}: no train split (splits: {list(raw)})")
     if "eval" not in raw:
@@ -159,13 +182,19 @@ def _normalize(raw: DatasetDict, source: str, text_column: str | None, label_col
         if eval_split is None:
             raise ValueError(f"--dataset_name {source}: no test or validation split (splits: {list(raw)})")
         raw = DatasetDict(train=raw["train"], eval=raw[eval_split])
+        origins = origins | {"eval": origins[eval_split]}
     raw = DatasetDict(train=raw["train"], eval=raw["eval"])
+    for split, rows in raw.items():
+        if len(rows) == 0:
+            raise ValueError(f"{origins[split]}: {NO_ROWS}")
     text = find_column(raw["train"], text_column, TEXT_COLUMNS, "--text_column", source)
     label = find_column(raw["train"], label_column, LABEL_COLUMNS, "--label_column", source)
     for split in raw.values():
         for column in (text, label):
             if column not in split.column_names:
                 raise ValueError(f"{source}: the eval split has no column {column!r}; columns are {split.column_names}")
+    for split, rows in raw.items():
+        check_rows(rows, text, label, origins[split])
     raw = raw.select_columns([text, label])
     if (text, label) != ("text", "label"):
         raw = raw.rename_columns({text: "text", label: "label"})

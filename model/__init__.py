@@ -3,7 +3,7 @@
 import logging
 
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -22,14 +22,24 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_classifier(name: str, label_names: list[str], tokenizer):
-    """A sequence classifier with one output per label; the labels' names go into its config for pipelines."""
+def load_classifier(name: str, label_names: list[str], tokenizer, ignore_mismatched_sizes: bool = False):
+    """A sequence classifier with one output per label; the labels' names go into its config for pipelines. A model
+    already fine-tuned for another number of labels is refused unless its head may be replaced."""
+    config = _from_pretrained(AutoConfig, name)
+    trained_head = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    if trained_head and config.num_labels != len(label_names) and not ignore_mismatched_sizes:
+        raise ValueError(
+            f"--model_name_or_path {name}: its classification head has {config.num_labels} labels "
+            f"({', '.join(map(str, config.id2label.values()))}) but the data has {len(label_names)} "
+            f"({', '.join(label_names)}); pass --ignore_mismatched_sizes to train a new head"
+        )
     model = _from_pretrained(
         AutoModelForSequenceClassification,
         name,
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={label: i for i, label in enumerate(label_names)},
+        ignore_mismatched_sizes=ignore_mismatched_sizes,
     )
     # GPT-2-style classifiers read the last non-pad token, so the model must know which id is padding.
     model.config.pad_token_id = tokenizer.pad_token_id

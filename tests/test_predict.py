@@ -77,6 +77,15 @@ def test_csv_in_csv_out_and_evaluate_prints_the_four_metrics(trained, tmp_path):
     assert [line.split(":")[0] for line in stdout.splitlines()] == ["Accuracy", "F1-Score", "Precision", "Recall"]
 
 
+def test_label_id_outside_the_models_labels_is_one_line(trained, tmp_path):
+    pd.DataFrame({"text": ["x", "y"], "label": [1, 5]}).to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
+    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(trained), "--input_file",
+                             str(tmp_path / "bad.jsonl"), "--evaluate"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'bad.jsonl'}: row 1 (0-based) has label 5, outside the model's 0..1 (neg, pos)")
+
+
 def test_unknown_label_name_is_one_line(trained, tmp_path):
     pd.DataFrame({"text": ["x"], "label": ["meh"]}).to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
     result = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(trained), "--input_file",
