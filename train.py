@@ -63,6 +63,7 @@ from model.checkpoints import (
 )
 
 logger = logging.getLogger("train")
+DEBUG_TRAIN_ROWS, DEBUG_EVAL_ROWS, DEBUG_EVAL_STEPS = 64, 32, 4  # --debug: a run of seconds
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -185,8 +186,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(str(error))
     return args
 
-
-DEBUG_TRAIN_ROWS, DEBUG_EVAL_ROWS, DEBUG_EVAL_STEPS = 64, 32, 4
 
 
 def config_arguments(path: str, parser: argparse.ArgumentParser) -> list[str]:

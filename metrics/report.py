@@ -88,7 +88,10 @@ def write_picture(path: Path, history: dict, log: list[dict]) -> bool:
                     f"{config['num_train_epochs']} epochs - accuracy {before['accuracy']:.3f} before, "
                     f"{after['accuracy']:.3f} after", fontsize=13)
     steps = [record["step"] for record in log]
-    loss_axis.plot(steps, [record["loss"] for record in log], color="tab:blue", label="train loss (logged window)")
+    loss_axis.plot(steps, [record["loss"] for record in log], color="tab:blue", alpha=0.45,
+                   label="train loss (each logged window)")
+    loss_axis.plot([e["step"] for e in history["epochs"]], [e["train_loss"] for e in history["epochs"]], "s-",
+                   color="navy", label="train loss (epoch mean)")
     evaluations = history["evaluations"]
     loss_axis.plot([0] + [e["step"] for e in evaluations], [before["loss"]] + [e["loss"] for e in evaluations],
                    "o--", color="tab:red", label="eval loss")
