@@ -32,6 +32,7 @@ from data import (
     read_table,
 )
 from metrics import classification_metrics, format_report
+from model import AUTOCAST_DTYPES
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--truncation_keep", choices=KEEP_CHOICES, default=None,
                         help="which tokens of a long text to keep; default: what the model was trained with (or head)")
     parser.add_argument("--head_tokens", type=int, default=None, help="with head_tail; default: as trained (or 128)")
-    parser.add_argument("--mixed_precision", choices=["no", "bf16", "fp16"], default="no",
+    parser.add_argument("--mixed_precision", choices=list(AUTOCAST_DTYPES), default="no",
                         help="autocast the forward pass (bf16 is several times faster on recent CPUs and GPUs)")
     parser.add_argument("--evaluate", action="store_true", help="the input has labels: print the four metrics")
     args = parser.parse_args(argv)
@@ -86,9 +87,6 @@ def read_inputs(args) -> tuple[list[str], list | None]:
     return list(texts), list(labels)
 
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 @torch.no_grad()
 def predict(model, tokenizer, texts: list[str], batch_size: int, max_length: int, keep: str = "head",
             head_tokens: int = 128, mixed_precision: str = "no") -> torch.Tensor:
@@ -99,7 +97,7 @@ def predict(model, tokenizer, texts: list[str], batch_size: int, max_length: int
     collator = DataCollatorWithPadding(tokenizer)
     probabilities = torch.empty(len(texts), model.config.num_labels)
     device = next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(mixed_precision), enabled=mixed_precision != "no")
+    autocast = torch.autocast(device.type, dtype=AUTOCAST_DTYPES[mixed_precision], enabled=mixed_precision != "no")
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         batch = collator([{field: encoded[field][i] for field in fields} for i in rows]).to(device)

@@ -52,7 +52,7 @@ from data import (
 from metrics import BestTracker, classification_metrics, format_report
 from metrics.report import confusion, write_markdown, write_picture
 from metrics.throughput import PhaseTimer, measure_peak_tflops, training_flop_rates
-from model import load_classifier, load_tokenizer, parameter_groups, resolve_max_length
+from model import AUTOCAST_DTYPES, load_classifier, load_tokenizer, parameter_groups, resolve_max_length
 from model.checkpoints import (
     config_differences,
     find_checkpoint,
@@ -102,7 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     optim.add_argument("--num_warmup_steps", type=int, default=None, help="linear warmup steps (default 0)")
     optim.add_argument("--warmup_ratio", type=float, default=None, help="warmup as a fraction of the optimizer steps")
     optim.add_argument("--max_grad_norm", type=float, default=1.0, help="clip the gradient norm; <= 0: no clipping")
-    optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+    optim.add_argument("--mixed_precision", choices=list(AUTOCAST_DTYPES), default=None,
                        help="default: what `accelerate launch` / `accelerate config` says, else no")
     optim.add_argument("--seed", type=int, default=42, help="model init, dropout and the training order")
     evaluation = parser.add_argument_group("evaluation, best model, early stopping")
@@ -327,9 +327,6 @@ def non_finite_loss_error(step: int, epoch: int, output_dir: Path) -> SystemExit
 def metrics_of(evaluation: dict) -> dict:
     """An `evaluations` record without where and how long: the model's metrics alone."""
     return {k: v for k, v in evaluation.items() if k not in ("epoch", "step", "seconds")}
-
-
-AUTOCAST_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def use_the_cores(accelerator) -> None:

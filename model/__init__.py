@@ -2,6 +2,7 @@
 
 import logging
 
+import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -9,6 +10,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_LENGTH = 512  # the recipe's cap, also for models that allow more (GPT-2: 1024)
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.RMSNorm)
+# The dtype the matrix products run in for each --mixed_precision choice (train.py and predict.py).
+AUTOCAST_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def load_tokenizer(name: str):
