@@ -13,12 +13,14 @@ model was trained (--max_length, --truncation_keep and --head_tokens saved by tr
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from data import (
@@ -28,8 +30,10 @@ from data import (
     TEXT_COLUMNS,
     check_head_tokens,
     encode,
+    eval_loader,
     find_column,
     read_table,
+    to_device,
 )
 from metrics import classification_metrics, format_report
 from model import AUTOCAST_DTYPES
@@ -90,17 +94,16 @@ def read_inputs(args) -> tuple[list[str], list | None]:
 @torch.no_grad()
 def predict(model, tokenizer, texts: list[str], batch_size: int, max_length: int, keep: str = "head",
             head_tokens: int = 128, mixed_precision: str = "no") -> torch.Tensor:
-    """Class probabilities, one row per text in input order; batches are formed in length order."""
-    encoded = encode(texts, tokenizer, max_length, keep, head_tokens)
-    fields = list(encoded)
-    order = sorted(range(len(texts)), key=lambda i: len(encoded["input_ids"][i]), reverse=True)
-    collator = DataCollatorWithPadding(tokenizer)
-    probabilities = torch.empty(len(texts), model.config.num_labels)
+    """Class probabilities, one row per text in input order; batches are formed in length order (as in train.py)."""
+    encoded = Dataset.from_dict(encode(texts, tokenizer, max_length, keep, head_tokens))
     device = next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=AUTOCAST_DTYPES[mixed_precision], enabled=mixed_precision != "no")
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        batch = collator([{field: encoded[field][i] for field in fields} for i in rows]).to(device)
+    loader = eval_loader(encoded, batch_size, DataCollatorWithPadding(tokenizer), 0, device)
+    probabilities = torch.empty(len(texts), model.config.num_labels)
+    autocast = (torch.autocast(device.type, dtype=AUTOCAST_DTYPES[mixed_precision]) if mixed_precision != "no"
+                else contextlib.nullcontext())
+    for batch in loader:
+        rows = batch.pop("row")  # input positions: they stay on the CPU
+        batch = to_device(batch, device)  # pinned, asynchronous copies on CUDA
         with autocast:
             probabilities[rows] = model(**batch).logits.float().softmax(dim=-1).cpu()
     return probabilities

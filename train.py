@@ -33,25 +33,27 @@ from accelerate.utils import (
     is_wandb_available,
     set_seed,
 )
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
 from data import (
     KEEP_CHOICES,
     check_head_tokens,
-    WeightedRows,
+    eval_loader,
     global_batches,
+    length_order,
     load_splits,
+    on_device,
     padding_efficiency,
     process_batches,
     rows_per_optimizer_step,
     select_subset,
     tokenize,
+    train_loader,
 )
 from metrics import BestTracker, classification_metrics, format_report
 from metrics.report import confusion, write_markdown, write_picture
-from metrics.throughput import PhaseTimer, measure_peak_tflops, training_flop_rates
+from metrics.throughput import PhaseTimer, measure_peak_tflops, profile_sort_key, training_flop_rates
 from model import AUTOCAST_DTYPES, load_classifier, load_tokenizer, parameter_groups, resolve_max_length
 from model.checkpoints import (
     config_differences,
@@ -131,7 +133,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     speed.add_argument("--profile_steps", type=int, default=0,
                        help="profile this many optimizer steps (after the first) with torch.profiler")
     speed.add_argument("--peak_tflops", type=float, default=None,
-                       help="the device's peak for the MFU estimate (default: a matmul measured at start)")
+                       help="the device's peak TFLOP/s for MFU (default: its fastest dense matmul, bf16 on a GPU, measured "
+                            "at start; the same whatever --mixed_precision)")
     speed.add_argument("--dataloader_num_workers", type=int, default=0,
                        help="worker processes for each DataLoader; 0 loads in the main process (debuggers can follow)")
     debug = parser.add_argument_group("debugging")
@@ -270,12 +273,14 @@ def load_data_and_model(args, accelerator):
     return train_tokens, eval_tokens, label_names, tokenizer, classifier, tokenize_seconds
 
 
-def evaluate(model, eval_loader, accelerator, label_names) -> tuple[dict, list | None]:
+def evaluate(model, eval_batches, accelerator, label_names) -> tuple[dict, list | None]:
     """Metrics over every eval row exactly once, computed on the main process and sent to the others; and, on the
     main process, the predictions in the eval rows' input order (the loader runs in length order)."""
     model.eval()
     rows, predictions, labels, losses = [], [], [], []
-    for batch in tqdm(eval_loader, desc="eval", leave=False, disable=not accelerator.is_local_main_process):
+    batches = on_device(eval_batches, accelerator.device)  # pinned, asynchronous copies on CUDA
+    for batch in tqdm(batches, desc="eval", leave=False, total=len(eval_batches),
+                      disable=not accelerator.is_local_main_process):
         batch_rows, batch_labels = batch.pop("row"), batch.pop("labels")
         with torch.no_grad():
             logits = model(**batch).logits
@@ -349,7 +354,7 @@ def use_the_cores(accelerator) -> None:
                     "processes). Pass --num_cpu_threads_per_process to accelerate launch to choose.")
 
 
-def start_profiler(steps: int, output_dir: Path, is_main: bool):
+def start_profiler(steps: int, output_dir: Path, is_main: bool, device: torch.device):
     """torch.profiler over `steps` optimizer steps after one to wait and one to warm up; writes a Chrome/Perfetto
     trace (profile_trace.json) and the top operators (profile_top_ops.txt) into output_dir."""
     if steps <= 0:
@@ -358,12 +363,12 @@ def start_profiler(steps: int, output_dir: Path, is_main: bool):
     def write(profile) -> None:
         if is_main:
             profile.export_chrome_trace(str(output_dir / "profile_trace.json"))
-            sort_by = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-            (output_dir / "profile_top_ops.txt").write_text(profile.key_averages().table(sort_by=sort_by, row_limit=30))
+            table = profile.key_averages().table(sort_by=profile_sort_key(device), row_limit=30)
+            (output_dir / "profile_top_ops.txt").write_text(table)
             logger.info(f"Wrote the profile of {steps} steps to {output_dir}/profile_trace.json and profile_top_ops.txt")
 
     activities = [torch.profiler.ProfilerActivity.CPU]
-    if torch.cuda.is_available():
+    if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     profiler = torch.profiler.profile(activities=activities, on_trace_ready=write,
                                       schedule=torch.profiler.schedule(wait=1, warmup=1, active=steps, repeat=1))
@@ -413,13 +418,13 @@ def main(args) -> None:
     classifier.config.truncation_keep, classifier.config.head_tokens = args.truncation_keep, args.head_tokens
     collator = DataCollatorWithPadding(tokenizer)  # pads each batch to its own longest row
     train_lengths = [len(ids) for ids in train_tokens["input_ids"]] if args.group_by_length else None
-    # Evaluate longest first, in length order: batches of similar rows pad little; "row" restores the input order.
+    # Evaluate in length order (batches of similar rows pad little); each batch's "row" restores the input order.
     eval_lengths = [len(ids) for ids in eval_tokens["input_ids"]]
-    eval_order = sorted(range(len(eval_tokens)), key=lambda i: -eval_lengths[i])
-    eval_sorted = eval_tokens.add_column("row", list(range(len(eval_tokens)))).select(eval_order)
-    # Own generators: a DataLoader draws a seed from the global RNG each epoch, which would shift dropout on resume.
-    eval_loader = DataLoader(eval_sorted, batch_size=args.per_device_eval_batch_size, collate_fn=collator,
-                             num_workers=args.dataloader_num_workers, generator=torch.Generator())
+    eval_order = length_order(eval_lengths)
+    # accelerate shards the eval batches over processes; the loop moves them to the device itself (device_placement off).
+    eval_batches = accelerator.prepare_data_loader(
+        eval_loader(eval_tokens, args.per_device_eval_batch_size, collator, args.dataloader_num_workers,
+                    accelerator.device), device_placement=False)
 
     # ---- Optimizer and schedule, counted in optimizer steps across all processes ----
     num_processes, accumulation = accelerator.num_processes, args.gradient_accumulation_steps
@@ -434,7 +439,7 @@ def main(args) -> None:
     optimizer = torch.optim.AdamW(parameter_groups(classifier, args.weight_decay), lr=args.learning_rate, fused=fused)
     lr_scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps, max_train_steps)
     # The scheduler is not prepared: accelerate's wrapper steps it once per process per step; we step it by hand once.
-    model, optimizer, eval_loader = accelerator.prepare(classifier, optimizer, eval_loader)
+    model, optimizer = accelerator.prepare(classifier, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
 
     settings = vars(args) | {"num_processes": num_processes}  # as given: what a resumed run must repeat
@@ -485,7 +490,7 @@ def main(args) -> None:
     # ---- Evaluation before training ----
     if history["before"] is None:
         eval_start = time.perf_counter()
-        history["before"], _ = evaluate(model, eval_loader, accelerator, label_names)
+        history["before"], _ = evaluate(model, eval_batches, accelerator, label_names)
         history["before"]["seconds"] = round(time.perf_counter() - eval_start, 3)
         accelerator.log(tracked(history["before"], "eval"), step=0)
         accelerator.print(f"Before training:\n{format_report(history['before'])}")
@@ -495,7 +500,7 @@ def main(args) -> None:
     def evaluate_and_track(epoch: int) -> dict:
         """Evaluate; keep the best model in output_dir/best; count evaluations without improvement."""
         eval_start = time.perf_counter()
-        metrics, predictions["last"] = evaluate(model, eval_loader, accelerator, label_names)
+        metrics, predictions["last"] = evaluate(model, eval_batches, accelerator, label_names)
         seconds = round(time.perf_counter() - eval_start, 3)
         history["evaluations"].append({"epoch": epoch, "step": completed_steps} | metrics | {"seconds": seconds})
         accelerator.log(tracked(metrics, "eval"), step=completed_steps)
@@ -531,9 +536,11 @@ def main(args) -> None:
     run_tokens = torch.zeros(3, device=accelerator.device)  # the same over the whole run (this process)
     run_rows = 0  # trained in this process's lifetime (a resumed run counts from its checkpoint)
     timer = PhaseTimer(accelerator.device, synchronize=args.profile_steps > 0)
-    peak_tflops = args.peak_tflops or measure_peak_tflops(accelerator.device, AUTOCAST_DTYPES[accelerator.mixed_precision])
+    peak_tflops = args.peak_tflops or measure_peak_tflops(accelerator.device)
+    logger.info(f"MFU is relative to {peak_tflops:.1f} TFLOP/s per process "
+                f"({'--peak_tflops' if args.peak_tflops else 'the dense matmul rate measured on ' + str(accelerator.device)})")
     flops_per_token, flops_per_token_pair = training_flop_rates(classifier)
-    profiler = start_profiler(args.profile_steps, output_dir, is_main)
+    profiler = start_profiler(args.profile_steps, output_dir, is_main, accelerator.device)
     progress = tqdm(total=max_train_steps, initial=completed_steps, desc="train",
                     disable=not accelerator.is_local_main_process)
     stop = completed_steps >= max_train_steps or tracker.should_stop  # a resumed run may have been about to stop
@@ -549,15 +556,14 @@ def main(args) -> None:
         shard = process_batches(batches, len(train_tokens), num_processes, accelerator.process_index)
         epoch_loss = loss_sum(running["epoch_loss"] if skip else 0.0)
         epoch_rows = running["epoch_rows"] if skip else 0
-        # Already sharded, so accelerate must not shard again (num_processes=1); it moves batches to the device and
-        # marks the epoch's last batch, which makes accumulate() step on a short final group too.
-        train_loader = prepare_data_loader(
-            DataLoader(WeightedRows(train_tokens), batch_sampler=shard[skip:], collate_fn=collator,
-                       num_workers=args.dataloader_num_workers, generator=torch.Generator()),
-            device=accelerator.device, num_processes=1, process_index=0,
+        # Already sharded, so accelerate must not shard again (num_processes=1); it marks the epoch's last batch, which
+        # makes accumulate() step on a short final group too. The batches stay on the CPU until on_device moves them.
+        train_batches = prepare_data_loader(
+            train_loader(train_tokens, shard[skip:], collator, args.dataloader_num_workers, accelerator.device),
+            num_processes=1, process_index=0,
         )
         timer.restart()
-        for micro_step, batch in enumerate(train_loader, start=skip):
+        for micro_step, batch in enumerate(on_device(train_batches, accelerator.device), start=skip):
             timer.lap("data")
             if stop:
                 break
@@ -649,7 +655,7 @@ def main(args) -> None:
     if profiler is not None:
         profiler.stop()
     real_tokens, token_slots, _ = accelerator.reduce(run_tokens + window_tokens, reduction="sum").tolist()
-    speed = {"tokenize_seconds": tokenize_seconds, "train_seconds": round(timer.total, 3),
+    speed = {"tokenize_seconds": tokenize_seconds, "train_seconds": round(timer.total, 3), "peak_tflops": peak_tflops,
              "train_samples_per_second": round(run_rows / max(timer.total, 1e-9), 3),
              "train_padding_efficiency": real_tokens / max(token_slots, 1),
              "eval_padding_efficiency": padding_efficiency(  # one process's batches of the sorted order
@@ -669,7 +675,7 @@ def main(args) -> None:
             # The model has not changed since that evaluation, which is therefore the "after" figure.
             history["after"] = metrics_of(last)
         else:
-            history["after"], predictions["last"] = evaluate(model, eval_loader, accelerator, label_names)
+            history["after"], predictions["last"] = evaluate(model, eval_batches, accelerator, label_names)
         save_model(model, tokenizer, accelerator, output_dir)
     if is_main:
         history["config"] = config

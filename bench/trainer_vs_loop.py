@@ -45,6 +45,7 @@ def loader_padding_efficiency(loader) -> float:
 
 def run_trainer(args) -> dict:
     """One Trainer run, (a) `reference` or (b) `best`, timed phase by phase."""
+    import torch
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments, set_seed)
 
@@ -73,7 +74,8 @@ def run_trainer(args) -> dict:
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=8 if reference else args.eval_batch_size,
         learning_rate=args.learning_rate, weight_decay=0.01, num_train_epochs=args.epochs, lr_scheduler_type="linear",
-        eval_strategy="no", save_strategy="no", logging_steps=50, seed=42, use_cpu=True,
+        eval_strategy="no", save_strategy="no", logging_steps=50, seed=42,
+        use_cpu=not torch.cuda.is_available(),  # the GPU when there is one, as train.py uses it
         bf16=args.precision == "bf16", dataloader_num_workers=0,
         **({} if reference else {"train_sampling_strategy": "group_by_length"}),
     )

@@ -1,5 +1,5 @@
 """Data: load the splits, pick the recipe's subset, tokenize without padding (keeping the head, the tail or both ends
-of long texts), and shard training batches by process."""
+of long texts), shard training batches by process, and build the loaders whose batches the loops move to the device."""
 
 from data.loading import (
     FILE_FORMATS,
@@ -11,6 +11,7 @@ from data.loading import (
     select_subset,
     tokenize,
 )
+from data.loaders import eval_loader, length_order, on_device, pin_memory_for, to_device, train_loader
 from data.truncation import KEEP_CHOICES, check_head_tokens, encode
 from data.sampling import (
     WeightedRows,
@@ -25,6 +26,11 @@ __all__ = [
     "KEEP_CHOICES",
     "check_head_tokens",
     "encode",
+    "eval_loader",
+    "length_order",
+    "on_device",
+    "pin_memory_for",
+    "train_loader",
     "LABEL_COLUMNS",
     "TEXT_COLUMNS",
     "find_column",
@@ -36,5 +42,6 @@ __all__ = [
     "process_batches",
     "rows_per_optimizer_step",
     "select_subset",
+    "to_device",
     "tokenize",
 ]

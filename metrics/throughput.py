@@ -1,5 +1,6 @@
 """Throughput: where a training step's time goes, how much of each batch is padding, and model FLOPs utilization."""
 
+import functools
 import time
 
 import torch
@@ -47,17 +48,47 @@ def training_flop_rates(model: nn.Module) -> tuple[float, float]:
     return 6 * weights, 12 * layers * hidden
 
 
-def measure_peak_tflops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Dense matmul TFLOP/s this device reaches in this dtype: the denominator of MFU when --peak_tflops is not given."""
+@functools.cache
+def measure_peak_tflops(device: torch.device) -> float:
+    """The fastest dense matmul rate this device reaches, in TFLOP/s: the denominator of MFU (unless --peak_tflops).
+
+    One denominator per device whatever the run's precision (bf16 on a GPU; the faster of fp32 and bf16 on a CPU), so an
+    fp32 run's MFU shows how much of the chip it leaves unused. On CUDA: 8192^3 bf16 products after a warm-up, timed
+    with CUDA events (a host clock around five small products, as before, read far below an H100's rate and overstated
+    MFU); a datasheet peak is higher still (H100 SXM: ~989 dense bf16), pass it with --peak_tflops to compare with one.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return _matmul_tflops(device, torch.bfloat16, size=8192, repeats=20)
+    # A CPU without bf16 instructions runs bf16 products ~50x slower than fp32 (an AVX2 EPYC here): a small probe
+    # picks the dtype, so the full-size measurement never takes minutes.
+    probe = {dtype: _matmul_tflops(device, dtype, size=256, repeats=3) for dtype in (torch.float32, torch.bfloat16)}
+    return _matmul_tflops(device, max(probe, key=probe.get), size=2048, repeats=3)
+
+
+def _matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
     generator = torch.Generator().manual_seed(0)  # not the global RNG: that one drives dropout, resumes included
     a = torch.randn(size, size, generator=generator).to(device, dtype)
     b = torch.randn(size, size, generator=generator).to(device, dtype)
-    a @ b  # warm up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
+    for _ in range(2):  # warm up: kernel selection, clocks
         a @ b
     if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            a @ b
+        end.record()
+        end.synchronize()
+        seconds = start.elapsed_time(end) / 1000
+    else:
+        begin = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        seconds = time.perf_counter() - begin
+    return 2 * size**3 * repeats / seconds / 1e12
+
+
+def profile_sort_key(device: torch.device) -> str:
+    """The profiler table's column to sort by: time on the accelerator where there is one (`self_cuda_time_total` is
+    deprecated), else CPU time."""
+    return "self_cpu_time_total" if torch.device(device).type == "cpu" else "self_device_time_total"
