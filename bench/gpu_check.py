@@ -50,10 +50,10 @@ def run(command: list, log: Path, timeout: int = 300) -> float:
     return time.perf_counter() - start
 
 
-def train_command(args, model: str, out: Path, train: int, evaluate: int, *extra) -> list:
+def train_command(args, model: str, out: Path, train: int, evaluate: int, *extra, overwrite: bool = True) -> list:
     return [sys.executable, "train.py", "--model_name_or_path", Path(args.models) / model, "--dataset_name", args.data,
             "--train_samples", rows(train, args.scale), "--eval_samples", rows(evaluate, args.scale),
-            "--num_train_epochs", 1, "--output_dir", out, "--overwrite_output_dir", *extra]
+            "--num_train_epochs", 1, "--output_dir", out, *(["--overwrite_output_dir"] if overwrite else []), *extra]
 
 
 def eval_samples_per_second(metrics: dict) -> float:
@@ -81,23 +81,25 @@ def kill_and_resume(args, work: Path, log: Path) -> dict:
     """Run A uninterrupted; run B killed (SIGKILL) once its first checkpoint is complete, then resumed from latest."""
     from safetensors.torch import load_file
 
-    common = ["--checkpointing_steps", 10, "--mixed_precision", "bf16"]
+    every = min(10, max(1, rows(400, args.scale) // 16))  # 50 steps in all; a dry run's few steps: half of them
+    common = ["--checkpointing_steps", every, "--mixed_precision", "bf16"]
     a, b = work / "resume-a", work / "resume-b"
     run(train_command(args, "minilm", a, 400, 200, *common), log)
     command = train_command(args, "minilm", b, 400, 200, *common)
     with open(log, "a") as handle:
         process = subprocess.Popen(list(map(str, command)), cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
-        while not (b / "checkpoints" / "step_10").is_dir() and process.poll() is None and time.time() < deadline:
+        while not (b / "checkpoints" / f"step_{every}").is_dir() and process.poll() is None and time.time() < deadline:
             time.sleep(0.01)
         process.send_signal(signal.SIGKILL)
         killed = process.wait() == -signal.SIGKILL
-    run(command[:-1] + ["--resume_from_checkpoint", "latest"], log)  # without --overwrite_output_dir
+    resume = train_command(args, "minilm", b, 400, 200, *common, "--resume_from_checkpoint", "latest", overwrite=False)
+    run(resume, log)
     metrics_a, metrics_b = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     weights_a, weights_b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     max_difference = max((weights_a[k].float() - weights_b[k].float()).abs().max().item() for k in weights_a)
     logs = [[json.loads(line)["loss"] for line in (d / "log.jsonl").read_text().splitlines()] for d in (a, b)]
-    return {"check": "kill after checkpoint step_10, resume (MiniLM bf16)", "killed_mid_run": killed,
+    return {"check": f"kill after checkpoint step_{every}, resume (MiniLM bf16)", "killed_mid_run": killed,
             "after_equal": metrics_a["after"] == metrics_b["after"], "after_a": metrics_a["after"]["accuracy"],
             "after_b": metrics_b["after"]["accuracy"], "max_loss_difference": max(
                 abs(x - y) for x, y in zip(*logs)), "max_weight_difference": max_difference}
