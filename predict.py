@@ -36,7 +36,8 @@ from data import (
     to_device,
 )
 from metrics import classification_metrics, format_report
-from model import AUTOCAST_DTYPES
+from model import AUTOCAST_DTYPES, pad_with_eos
+from training.errors import one_line_errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -144,30 +145,24 @@ def write_predictions(probabilities: torch.Tensor, id2label: dict, output_file: 
                 writer.writerow([row["index"], row["label"], row["score"], *row["probabilities"].values(),
                                  *([row["true_label"]] if truth else [])])
         return
-    with open(output_file, "w") if output_file else sys.stdout as handle:
+    with open(output_file, "w") if output_file else contextlib.nullcontext(sys.stdout) as handle:  # stdout stays open
         handle.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 def main(args) -> None:
-    try:
+    with one_line_errors():
         texts, labels = read_inputs(args)
-        tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+        # A GPT-2 model not saved by train.py has no pad token.
+        tokenizer = pad_with_eos(AutoTokenizer.from_pretrained(args.model_dir), args.model_dir)
         model = AutoModelForSequenceClassification.from_pretrained(args.model_dir).eval()
         if labels is not None:
             labels = label_ids(labels, model.config.label2id, args.input_file)
-    except (ValueError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
-    if tokenizer.pad_token is None:  # a GPT-2 model not saved by train.py
-        tokenizer.pad_token = tokenizer.eos_token
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    # train.py saves its --max_length as the tokenizer's model_max_length and its truncation choice in the config.
-    max_length = args.max_length or tokenizer.model_max_length
-    keep = args.truncation_keep or getattr(model.config, "truncation_keep", "head")
-    head_tokens = args.head_tokens if args.head_tokens is not None else getattr(model.config, "head_tokens", 128)
-    try:
+        # train.py saves its --max_length as the tokenizer's model_max_length and its truncation choice in the config.
+        max_length = args.max_length or tokenizer.model_max_length
+        keep = args.truncation_keep or getattr(model.config, "truncation_keep", "head")
+        head_tokens = args.head_tokens if args.head_tokens is not None else getattr(model.config, "head_tokens", 128)
         check_head_tokens(keep, head_tokens, max_length, tokenizer)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     probabilities = predict(model, tokenizer, texts, args.batch_size, max_length, keep, head_tokens,
                             args.mixed_precision)
     if args.output_file or not args.evaluate:

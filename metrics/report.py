@@ -9,9 +9,10 @@ from pathlib import Path
 
 from sklearn.metrics import confusion_matrix
 
+from metrics import EVAL_SCALARS, METRICS
+
 logger = logging.getLogger(__name__)
 
-METRICS = ("accuracy", "f1", "precision", "recall")
 PRECISION_NAMES = {"no": "fp32"}
 
 
@@ -43,16 +44,16 @@ def write_markdown(path: Path, history: dict) -> None:
              f"{PRECISION_NAMES.get(config['mixed_precision'], config['mixed_precision'])}, {config['num_processes']} "
              f"process(es), max length {config['max_length']} "
              f"(keep {config['truncation_keep']}).", "", "## Before and after training", ""]
-    lines += _table(["", *METRICS, "loss"], [[name, *(_number(m[k]) for k in (*METRICS, "loss"))]
+    lines += _table(["", *EVAL_SCALARS], [[name, *(_number(m[k]) for k in EVAL_SCALARS)]
                                              for name, m in (("before", before), ("after", after))])
     lines += ["", "## Per epoch", ""]
     lines += _table(["epoch", "step", "train loss", *METRICS, "eval loss"],
-                    [[e["epoch"], e["step"], _number(e["train_loss"]), *(_number(e.get(k)) for k in (*METRICS, "loss"))]
+                    [[e["epoch"], e["step"], _number(e["train_loss"]), *(_number(e.get(k)) for k in EVAL_SCALARS)]
                      for e in history["epochs"]])
     if len(history["evaluations"]) != len(history["epochs"]):  # evaluations every N steps
         lines += ["", "## Evaluations", ""]
-        lines += _table(["epoch", "step", *METRICS, "loss"],
-                        [[e["epoch"], e["step"], *(_number(e[k]) for k in (*METRICS, "loss"))]
+        lines += _table(["epoch", "step", *EVAL_SCALARS],
+                        [[e["epoch"], e["step"], *(_number(e[k]) for k in EVAL_SCALARS)]
                          for e in history["evaluations"]])
     if history.get("best"):
         best = history["best"]

@@ -15,11 +15,15 @@ AUTOCAST_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 
 
 def load_tokenizer(name: str):
-    """The model's tokenizer; one without a pad token (GPT-2) pads with its end-of-sequence token."""
-    tokenizer = _from_pretrained(AutoTokenizer, name)
+    """The model's tokenizer, padding with its eos token if it has no pad token (GPT-2)."""
+    return pad_with_eos(_from_pretrained(AutoTokenizer, name), f"--model_name_or_path {name}")
+
+
+def pad_with_eos(tokenizer, source: str):
+    """A tokenizer without a pad token (GPT-2) pads with its end-of-sequence token (train.py and predict.py)."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"--model_name_or_path {name}: the tokenizer has neither a pad nor an eos token to pad with")
+            raise ValueError(f"{source}: the tokenizer has neither a pad nor an eos token to pad with")
         tokenizer.pad_token = tokenizer.eos_token
         logger.info(f"The tokenizer has no pad token: padding with its eos token {tokenizer.eos_token!r}")
     return tokenizer

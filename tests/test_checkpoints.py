@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import ROOT, read_outputs, run_train
-from metrics import BestTracker
-from model.checkpoints import list_checkpoints
+from training.checkpoints import list_checkpoints
+from training.state import BestTracker
 from test_train import TINY, evaluate_saved, without_predictions
 
 

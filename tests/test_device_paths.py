@@ -5,7 +5,6 @@ the default device in the loop."""
 
 import ast
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,7 +16,7 @@ import predict as predict_module
 from conftest import ROOT
 from data import eval_loader, global_batches, on_device, process_batches, tokenize, train_loader
 from metrics.throughput import measure_peak_tflops, profile_sort_key
-from model.checkpoints import save_checkpoint
+from training.checkpoints import save_checkpoint
 
 META, CUDA = torch.device("meta"), torch.device("cuda")
 

@@ -2,15 +2,14 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import ROOT, run_train
+import predict as predict_module
+from conftest import run_in_process, run_train
 from predict import predict
 from test_train import TINY
 
@@ -26,9 +25,11 @@ def trained(tiny_bert, small_imdb, tmp_path_factory):
     return out
 
 
-def run_predict(args, stdin=None):
-    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), *map(str, args)], cwd=ROOT, input=stdin,
-                            capture_output=True, text=True, timeout=300)
+def run_predict(args, stdin=None, check=True):
+    """`python predict.py ARGS`, in this process: its stdout (or, with check=False, the whole result)."""
+    result = run_in_process(predict_module, args, stdin)
+    if not check:
+        return result
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -79,8 +80,7 @@ def test_csv_in_csv_out_and_evaluate_prints_the_four_metrics(trained, tmp_path):
 
 def test_label_id_outside_the_models_labels_is_one_line(trained, tmp_path):
     pd.DataFrame({"text": ["x", "y"], "label": [1, 5]}).to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
-    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(trained), "--input_file",
-                             str(tmp_path / "bad.jsonl"), "--evaluate"], cwd=ROOT, capture_output=True, text=True)
+    result = run_predict([trained, "--input_file", tmp_path / "bad.jsonl", "--evaluate"], check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'bad.jsonl'}: row 1 (0-based) has label 5, outside the model's 0..1 (neg, pos)")
@@ -88,8 +88,7 @@ def test_label_id_outside_the_models_labels_is_one_line(trained, tmp_path):
 
 def test_unknown_label_name_is_one_line(trained, tmp_path):
     pd.DataFrame({"text": ["x"], "label": ["meh"]}).to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
-    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(trained), "--input_file",
-                             str(tmp_path / "bad.jsonl"), "--evaluate"], cwd=ROOT, capture_output=True, text=True)
+    result = run_predict([trained, "--input_file", tmp_path / "bad.jsonl", "--evaluate"], check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'bad.jsonl'}: label 'meh' is not one of the model's ['neg', 'pos']"
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import train
+import training.telemetry
 from conftest import ROOT, read_outputs, run_train
 from metrics.report import write_picture
 
@@ -62,8 +63,8 @@ def test_debug_makes_a_run_of_seconds():
 
 
 def test_report_to_a_tracker_that_is_not_installed_says_what_to_install(monkeypatch, capsys):
-    monkeypatch.setattr(train, "is_tensorboard_available", lambda: False)
-    monkeypatch.setattr(train, "is_wandb_available", lambda: False)
+    monkeypatch.setattr(training.telemetry, "is_tensorboard_available", lambda: False)
+    monkeypatch.setattr(training.telemetry, "is_wandb_available", lambda: False)
     for report_to, message in (("tensorboard", "--report_to tensorboard: tensorboard is not installed; pip install "
                                                "tensorboard, or pass --report_to none"),
                                ("all", "--report_to all: neither tensorboard nor wandb is installed")):

@@ -1,0 +1,178 @@
+"""The run's configuration, parsed once: the command line (built from train.py's `Config` dataclass, whose fields are
+the flags), an optional YAML/JSON file under the same names, the checks a user can fail, and the numbers derived from
+it all (`Plan`), computed in one place and saved with the run."""
+
+import argparse
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from functools import partial
+from pathlib import Path
+
+import yaml
+
+from training.telemetry import trackers_for
+
+DEBUG_TRAIN_ROWS, DEBUG_EVAL_ROWS, DEBUG_EVAL_STEPS = 64, 32, 4  # --debug: a run of seconds
+
+
+def flag(default, help: str = "", *, group: str | None, choices=None):
+    """A Config field that is also a command-line flag `--NAME` (in --help's `group`; None: at the top)."""
+    return dataclasses.field(default=default, metadata={"help": help, "group": group, "choices": choices})
+
+
+data_flag, model_flag, optim_flag, eval_flag, output_flag, speed_flag, debug_flag = (
+    partial(flag, group=name) for name in ("data", "model", "optimization", "evaluation, best model, early stopping",
+                                           "output and checkpoints", "speed and profiling", "debugging"))
+
+
+def value_type(annotation) -> type:
+    """`int | None` -> int; `str | int | None` -> str (the first type is what the command line gives)."""
+    if isinstance(annotation, types.UnionType):
+        return next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    return annotation
+
+
+def build_parser(config_class, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = {None: parser}
+    for field in dataclasses.fields(config_class):
+        name = field.metadata["group"]
+        group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
+        options = {"default": field.default, "help": field.metadata["help"] or None}
+        if value_type(field.type) is bool:  # on by default: --no-NAME turns it off; off by default: --NAME
+            options["action"] = argparse.BooleanOptionalAction if field.default else "store_true"
+        else:
+            options |= {"type": value_type(field.type), "choices": field.metadata["choices"]}
+        group.add_argument(f"--{field.name}", **options)
+    return parser
+
+
+def parse_config(config_class, argv: list, description: str):
+    """The frozen config: command line over the --config file over the defaults, checked (argparse's exit 2 and one
+    line on stderr for anything a user can get wrong)."""
+    parser = build_parser(config_class, description)
+    argv = [str(arg) for arg in argv]
+    given, _ = parser.parse_known_args(argv)
+    if given.config:  # the file's values first, so the command line's flags (parsed later) win
+        argv = file_arguments(given.config, config_class, parser) + argv
+    values = vars(parser.parse_args(argv))
+    if values["debug"]:
+        values |= debug_values(values)
+    check(values, parser)
+    return config_class(**values)
+
+
+def file_arguments(path: str, config_class, parser: argparse.ArgumentParser) -> list[str]:
+    """A YAML/JSON file of flag values turned into command-line arguments, so argparse converts and checks them like
+    typed flags. Unknown keys are an error naming the nearest flag; `key: null` keeps the default."""
+    file = Path(path)
+    if not file.is_file():
+        parser.error(f"--config {path}: no such file")
+    try:
+        values = json.loads(file.read_text()) if file.suffix == ".json" else yaml.safe_load(file.read_text())
+    except (ValueError, yaml.YAMLError) as error:
+        parser.error(f"--config {path}: not valid {'JSON' if file.suffix == '.json' else 'YAML'} "
+                     f"({str(error).splitlines()[0]})")
+    if not isinstance(values, dict):
+        parser.error(f"--config {path}: expected a mapping of flag names to values, like `learning_rate: 5.0e-5`")
+    fields = {field.name: field for field in dataclasses.fields(config_class)}
+    arguments = []
+    for key, value in values.items():
+        field = fields.get(key)
+        if field is None or key == "config":
+            nearest = difflib.get_close_matches(str(key), [name for name in fields if name != "config"], n=1)
+            hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+            parser.error(f"--config {path}: unknown key {key!r}{hint}")
+        if value is None:
+            continue
+        if value_type(field.type) is bool:
+            if not isinstance(value, bool):
+                parser.error(f"--config {path}: {key} must be true or false, got {value!r}")
+            if field.default:  # a BooleanOptionalAction
+                arguments.append(f"--{key}" if value else f"--no-{key}")
+            elif value:
+                arguments.append(f"--{key}")
+        else:
+            arguments += [f"--{key}", str(value)]
+    return arguments
+
+
+def debug_values(values: dict) -> dict:
+    """--debug: seconds, not hours: tiny subsets, one epoch, frequent evaluation and logging."""
+    def capped(name: str, limit: int) -> int:  # a smaller limit given with --debug is kept
+        return min(values[name], limit) if values[name] > 0 else limit
+
+    changed = {"train_samples": capped("train_samples", DEBUG_TRAIN_ROWS),
+               "eval_samples": capped("eval_samples", DEBUG_EVAL_ROWS), "num_train_epochs": 1, "logging_steps": 1}
+    if values["eval_strategy"] != "no":
+        changed |= {"eval_strategy": "steps", "eval_steps": values["eval_steps"] or DEBUG_EVAL_STEPS}
+    return changed
+
+
+def check(values: dict, parser: argparse.ArgumentParser) -> None:
+    """Fail before any work: every check a user can get wrong from the command line (--checkpointing_steps N becomes
+    an int here)."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs",
+                 "gradient_accumulation_steps", "logging_steps"):
+        if values[name] <= 0:
+            parser.error(f"--{name} must be positive, got {values[name]}")
+    if values["learning_rate"] <= 0:
+        parser.error(f"--learning_rate must be positive, got {values['learning_rate']}")
+    if values["max_train_steps"] is not None and values["max_train_steps"] <= 0:
+        parser.error(f"--max_train_steps must be positive, got {values['max_train_steps']}")
+    if values["num_warmup_steps"] is not None and values["warmup_ratio"] is not None:
+        parser.error("give --num_warmup_steps or --warmup_ratio, not both")
+    if values["warmup_ratio"] is not None and not 0 <= values["warmup_ratio"] < 1:
+        parser.error(f"--warmup_ratio must be in [0, 1), got {values['warmup_ratio']}")
+    steps = values["checkpointing_steps"]
+    if steps not in (None, "epoch"):
+        if not steps.isdigit() or int(steps) <= 0:
+            parser.error(f"--checkpointing_steps must be a positive integer or 'epoch', got {steps!r}")
+        values["checkpointing_steps"] = int(steps)
+    if (values["eval_strategy"] == "steps") != (values["eval_steps"] is not None):
+        parser.error("--eval_steps goes with --eval_strategy steps, and that needs --eval_steps")
+    if values["eval_steps"] is not None and values["eval_steps"] <= 0:
+        parser.error(f"--eval_steps must be positive, got {values['eval_steps']}")
+    if values["eval_strategy"] == "no" and (values["early_stopping_patience"] or values["load_best_model_at_end"]):
+        parser.error("--early_stopping_patience and --load_best_model_at_end need evaluations: not --eval_strategy no")
+    if values["profile_steps"] < 0:
+        parser.error(f"--profile_steps must be >= 0, got {values['profile_steps']}")
+    for name in ("early_stopping_patience", "save_total_limit"):
+        if values[name] is not None and values[name] <= 0:
+            parser.error(f"--{name} must be positive, got {values[name]}")
+    if values["dataloader_num_workers"] < 0:
+        parser.error(f"--dataloader_num_workers must be >= 0, got {values['dataloader_num_workers']}")
+    try:
+        trackers_for(values["report_to"])
+    except ValueError as error:
+        parser.error(str(error))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The numbers derived from the config, the data, the model and the processes; computed once, saved with the run.
+    Steps count optimizer steps across all processes."""
+
+    max_length: int  # --max_length, or the model's limit capped at 512
+    num_processes: int
+    global_batch_size: int  # rows of one micro-batch over all processes
+    total_train_batch_size: int  # rows of one optimizer step
+    steps_per_epoch: int
+    max_train_steps: int
+    num_train_epochs: int
+    num_warmup_steps: int
+
+
+def make_plan(config, train_rows: int, num_processes: int, max_length: int) -> Plan:
+    global_batch_size = config.per_device_train_batch_size * num_processes
+    accumulation = config.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(math.ceil(train_rows / global_batch_size) / accumulation)
+    max_train_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
+    return Plan(max_length=max_length, num_processes=num_processes, global_batch_size=global_batch_size,
+                total_train_batch_size=global_batch_size * accumulation, steps_per_epoch=steps_per_epoch,
+                max_train_steps=max_train_steps, num_train_epochs=math.ceil(max_train_steps / steps_per_epoch),
+                num_warmup_steps=config.num_warmup_steps or math.ceil((config.warmup_ratio or 0) * max_train_steps))

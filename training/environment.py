@@ -1,0 +1,54 @@
+"""The process the loop runs in: one group of processes (not N lone trainings), logging on the main process only,
+and all the CPU cores under `accelerate launch`."""
+
+import logging
+import os
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+
+from training.errors import RunError
+
+logger = logging.getLogger("train")
+
+
+def check_process_group(accelerator) -> None:
+    """`--multi_gpu` on a machine without GPUs starts N processes that never join one group: each would train alone."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise RunError(f"the launcher started {launched} processes but they did not join one group, so each would "
+                       "train alone; on a CPU set ACCELERATE_USE_CPU=1 (or pass --cpu to accelerate launch)")
+
+
+def configure_logging(accelerator) -> None:
+    """One timestamped stream on stderr (the main process of each machine; errors from the others)."""
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True,
+                        level=logging.INFO if accelerator.is_local_main_process else logging.ERROR)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # its checkpoint logs name every file; we log one line
+    if not accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        logger.warning("fp16 on a CPU runs far slower than fp32 (no fast fp16 kernels here); use --mixed_precision bf16")
+
+
+def use_the_cores(accelerator) -> None:
+    """On a CPU, `accelerate launch` sets OMP_NUM_THREADS=1 per process unless told otherwise, which halves a 2-core
+    machine. Use cores / local processes instead, unless the user chose (launcher flag or their own OMP_NUM_THREADS)."""
+    launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ  # set by `accelerate launch`, single- or multi-process
+    if accelerator.device.type != "cpu" or os.environ.get("OMP_NUM_THREADS") != "1" or not launched:
+        return
+    try:  # the launcher is our parent process: did its command line or environment set the threads?
+        launcher = Path(f"/proc/{os.getppid()}")
+        if (b"--num_cpu_threads_per_process" in (launcher / "cmdline").read_bytes()
+                or b"OMP_NUM_THREADS=" in (launcher / "environ").read_bytes()):
+            return
+    except OSError:
+        return  # not Linux, or not allowed to look: leave the launcher's choice alone
+    threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if threads > 1:
+        torch.set_num_threads(threads)
+        logger.info(f"accelerate launch set OMP_NUM_THREADS=1; using {threads} threads per process (cores / local "
+                    "processes). Pass --num_cpu_threads_per_process to accelerate launch to choose.")

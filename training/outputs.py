@@ -1,0 +1,67 @@
+"""What a run leaves in --output_dir: refused when it would overwrite a previous run by accident, cleared of a replaced
+run's leftovers, log.jsonl continued on resume, the saved model (every process calls save_model), and at the end
+metrics.json, eval_predictions.jsonl, report.md and report.png. Only the main process writes."""
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from metrics.report import confusion, write_markdown, write_picture
+from training.checkpoints import find_checkpoint
+
+logger = logging.getLogger("train")
+
+
+def check_output_dir(config) -> Path | None:
+    """Before any work: the checkpoint to resume, or None; refuse to overwrite a previous run by accident."""
+    output_dir = Path(config.output_dir)
+    if config.resume_from_checkpoint:
+        return find_checkpoint(config.resume_from_checkpoint, output_dir)
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not config.overwrite_output_dir:
+        raise FileExistsError(f"--output_dir {output_dir} is not empty: pass --overwrite_output_dir to replace it, "
+                              "or --resume_from_checkpoint latest to continue the run in it")
+    return None
+
+
+def open_output_dir(output_dir: Path, overwrite: bool, resumed_step: int | None):
+    """On the main process: the folder made ready and log.jsonl opened (a resumed run keeps the lines up to its
+    checkpoint's step; a replaced run's checkpoints/, best/ and tensorboard/ are removed). Elsewhere: None."""
+    if overwrite and resumed_step is None:
+        for stale in ("checkpoints", "best", "tensorboard"):  # a previous run's: not to be mixed with this one
+            shutil.rmtree(output_dir / stale, ignore_errors=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    kept = []
+    if resumed_step is not None and (output_dir / "log.jsonl").exists():  # drop lines logged after the checkpoint
+        kept = [line for line in (output_dir / "log.jsonl").read_text().splitlines()
+                if json.loads(line)["step"] <= resumed_step]
+    log_file = open(output_dir / "log.jsonl", "w")
+    log_file.writelines(line + "\n" for line in kept)
+    return log_file
+
+
+def save_model(model, tokenizer, accelerator, directory: Path) -> None:
+    """save_pretrained in a form `pipeline(model=directory)` loads; every process must call it (FSDP/DeepSpeed)."""
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP/DeepSpeed
+    accelerator.unwrap_model(model).save_pretrained(
+        directory, is_main_process=accelerator.is_main_process, save_function=accelerator.save, state_dict=state_dict
+    )
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(directory)
+    accelerator.wait_for_everyone()
+
+
+def write_results(output_dir: Path, history: dict, eval_labels: list, predictions: list | None,
+                  label_names: list[str]) -> None:
+    """metrics.json, eval_predictions.jsonl (the final model's prediction of every eval row, in input order: unknown
+    only when resuming after the evaluation that made it), report.md and report.png."""
+    if predictions is not None:
+        history["confusion_matrix"] = confusion(eval_labels, predictions, label_names)
+        lines = [json.dumps({"row": i, "label": int(y), "prediction": p})
+                 for i, (y, p) in enumerate(zip(eval_labels, predictions))]
+        (output_dir / "eval_predictions.jsonl").write_text("\n".join(lines) + "\n")
+    (output_dir / "metrics.json").write_text(json.dumps(history, indent=2) + "\n")
+    write_markdown(output_dir / "report.md", history)
+    write_picture(output_dir / "report.png", history,
+                  [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()])

@@ -1,0 +1,114 @@
+"""Where a run stands: `TrainState` is what a checkpoint saves (as training_state.json, beside accelerate's model,
+optimizer, scheduler and RNG states) and what a resume restores. A new field is one edit, its line in the dataclass:
+state_dict/load_state_dict go over every field. `BestTracker` is the best evaluation so far and the early-stopping
+count."""
+
+from dataclasses import dataclass, field, fields
+
+import torch
+
+
+class BestTracker:
+    """The best evaluation so far by one metric, and how many evaluations have passed without beating it."""
+
+    LOWER_IS_BETTER = ("loss",)
+
+    def __init__(self, metric: str, patience: int | None = None):
+        self.metric, self.patience = metric, patience
+        self.best: dict | None = None  # {"metric", "value", "epoch", "step"}
+        self.evaluations_without_improvement = 0
+
+    def update(self, metrics: dict, epoch: int, step: int) -> bool:
+        """Record an evaluation; True if it is the new best."""
+        value = metrics[self.metric]
+        if self.best is None:
+            improved = True
+        elif self.metric in self.LOWER_IS_BETTER:
+            improved = value < self.best["value"]
+        else:
+            improved = value > self.best["value"]
+        if improved:
+            self.best = {"metric": self.metric, "value": value, "epoch": epoch, "step": step}
+            self.evaluations_without_improvement = 0
+        else:
+            self.evaluations_without_improvement += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.evaluations_without_improvement >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "evaluations_without_improvement": self.evaluations_without_improvement}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.evaluations_without_improvement = state["best"], state["evaluations_without_improvement"]
+
+
+def new_history() -> dict:
+    """What metrics.json reports of the run so far."""
+    return {"before": None, "epochs": [], "evaluations": [], "best": None, "stopped_early": None}
+
+
+@dataclass
+class TrainState:
+    """The loop's counters and sums. Loss sums live on the device, per process (adding to them needs no sync); a
+    checkpoint stores them summed over processes, and a resume puts the sums back on the main process only."""
+
+    tracker: BestTracker
+    device: torch.device
+    epoch: int = 0  # the epoch in progress (0-based)
+    batches_done: int = 0  # micro-batches of that epoch already trained (what a resume skips)
+    completed_steps: int = 0  # optimizer steps taken
+    epoch_rows: int = 0  # rows (all processes) trained this epoch
+    window_rows: int = 0  # rows since the last log.jsonl line
+    history: dict = field(default_factory=new_history)
+    epoch_loss: torch.Tensor | float = 0.0  # sums of per-row losses (this process's, on the device)
+    window_loss: torch.Tensor | float = 0.0
+    step_loss: torch.Tensor | float = 0.0  # the optimizer step in progress: checked for NaN/inf before the update
+
+    NOT_SAVED = ("tracker", "device")  # the tracker saves itself; the device is this process's
+
+    def __post_init__(self):
+        for name in self._sums():
+            setattr(self, name, torch.tensor(float(getattr(self, name)), device=self.device))
+
+    def _sums(self) -> list[str]:
+        return [f.name for f in fields(self) if f.type == torch.Tensor | float]
+
+    def add_losses(self, row_losses: torch.Tensor) -> None:
+        total = row_losses.detach().sum()
+        self.epoch_loss += total
+        self.window_loss += total
+        self.step_loss += total
+
+    def step_taken(self, rows: int) -> None:
+        self.completed_steps += 1
+        self.epoch_rows += rows
+        self.window_rows += rows
+
+    def start_epoch(self, epoch: int, resumed_into_it: bool) -> None:
+        self.epoch = epoch
+        if not resumed_into_it:
+            self.epoch_loss.zero_()
+            self.epoch_rows = 0
+
+    def reset_window(self) -> None:
+        self.window_loss = torch.zeros_like(self.window_loss)
+        self.window_rows = 0
+
+    def state_dict(self, accelerator) -> dict:
+        """Every field as JSON (training_state.json); every process must call it (the loss sums are reduced)."""
+        sums = self._sums()
+        totals = accelerator.reduce(torch.stack([getattr(self, name) for name in sums]), "sum").tolist()
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in (*sums, *self.NOT_SAVED)}
+        return plain | dict(zip(sums, totals)) | {"tracker": self.tracker.state_dict()}
+
+    def load_state_dict(self, saved: dict, is_main: bool) -> None:
+        self.tracker.load_state_dict(saved["tracker"])
+        sums = self._sums()
+        for f in fields(self):
+            if f.name in sums:  # reductions add every process's share: the sum lives on one process
+                setattr(self, f.name, torch.tensor(saved[f.name] if is_main else 0.0, device=self.device))
+            elif f.name not in self.NOT_SAVED:
+                setattr(self, f.name, saved[f.name])
