@@ -111,17 +111,25 @@ def predict(model, tokenizer, texts: list[str], batch_size: int, max_length: int
 
 
 def label_ids(labels: list, label2id: dict, source: str) -> list[int]:
-    """Labels given as ids (0..num_labels-1) or as the model's label names."""
+    """Labels given as ids (0..num_labels-1) or as the model's label names. A model whose classes are integer values
+    (trained on labels 1/2, say: id2label {0: "1", 1: "2"}) takes the values themselves."""
+    by_value = all(name.lstrip("-").isdigit() for name in label2id)
     ids = []
     for row, label in enumerate(labels):
         if label is None:
             raise ValueError(f"{source}: row {row} (0-based) has no label; fill or remove that row")
-        if isinstance(label, int) and not 0 <= label < len(label2id):
-            raise ValueError(f"{source}: row {row} (0-based) has label {label}, outside the model's 0..{len(label2id) - 1} "
-                             f"({', '.join(label2id)})")
-        if not isinstance(label, int) and label not in label2id:
-            raise ValueError(f"{source}: label {label!r} is not one of the model's {sorted(label2id)}")
-        ids.append(label if isinstance(label, int) else label2id[label])
+        if isinstance(label, float) and label.is_integer():  # 0.0/1.0, as pandas writes a column that held a NaN
+            label = int(label)
+        if isinstance(label, int) and not by_value:
+            if not 0 <= label < len(label2id):
+                raise ValueError(f"{source}: row {row} (0-based) has label {label}, outside the model's "
+                                 f"0..{len(label2id) - 1} ({', '.join(label2id)})")
+            ids.append(label)
+        elif str(label) in label2id:
+            ids.append(label2id[str(label)])
+        else:
+            raise ValueError(f"{source}: row {row} (0-based) has label {label!r}, not one of the model's "
+                             f"{sorted(label2id)}")
     return ids
 
 

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
 from data import (KEEP_CHOICES, check_head_tokens, eval_loader, global_batches, length_order, load_splits, on_device,
-                  padding_efficiency, process_batches, rows_per_optimizer_step, select_subset, tokenize, train_loader)
+                  padding_efficiency, process_batches, rename_classes, rows_per_optimizer_step, select_subset, tokenize,
+                  train_loader)
 from metrics import EVAL_SCALARS, classification_metrics, format_report
 from model import AUTOCAST_DTYPES, load_classifier, load_tokenizer, parameter_groups, resolve_max_length
 from training.checkpoints import (config_differences, list_checkpoints, load_training_state, prune_checkpoints,
@@ -52,6 +53,9 @@ class Config:
                                                       "or aclImdb/ folder")
     text_column: str | None = data_flag(None, "default: the first of text, sentence, review, content")
     label_column: str | None = data_flag(None, "default: the first of label, labels, sentiment")
+    label_names: tuple[str, ...] | None = data_flag(None, "a name for each class, in the order of their ids (the "
+                                                          "sorted label values), e.g. World Sports Business Sci/Tech; "
+                                                          "saved as the model's id2label")
     train_samples: int = data_flag(5000, "rows of the train split; <= 0: all")
     eval_samples: int = data_flag(5000, "rows of the test/validation split; <= 0: all")
     subset_seed: int = data_flag(42, "the subset is split.shuffle(seed).select(range(n))")
@@ -130,9 +134,13 @@ def load_data_and_model(config: Config, accelerator) -> Loaded:
     """Tokenized train/eval subsets, label names, tokenizer and classifier; bad input is one line and exit code 1."""
     with one_line_errors(config.debug):
         splits, label_names = load_splits(config.dataset_name, config.text_column, config.label_column)
+        label_names = rename_classes(config.label_names, label_names)
         # Pick the subset before tokenizing: only the rows we use are tokenized.
         train_rows = select_subset(splits["train"], config.train_samples, config.subset_seed)
         eval_rows = select_subset(splits["eval"], config.eval_samples, config.subset_seed)
+        for name, rows, split in (("train", train_rows, splits["train"]), ("eval", eval_rows, splits["eval"])):
+            if len(rows) < len(split):  # the recipe's 5,000 rows would cut a user's own data set silently
+                logger.info(f"using {len(rows):,} of {len(split):,} {name} rows; --{name}_samples 0 for all")
         tokenizer = load_tokenizer(config.model_name_or_path)
         classifier = load_classifier(config.model_name_or_path, label_names, tokenizer, config.ignore_mismatched_sizes)
         max_length = resolve_max_length(config.max_length, tokenizer, classifier.config)

@@ -8,6 +8,7 @@ from data.loading import (
     find_column,
     load_splits,
     read_table,
+    rename_classes,
     select_subset,
     tokenize,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "TEXT_COLUMNS",
     "find_column",
     "read_table",
+    "rename_classes",
     "WeightedRows",
     "global_batches",
     "load_splits",

@@ -4,6 +4,9 @@ Sources: a Hub name (`stanfordnlp/imdb`), a local directory of parquet/CSV/JSON(
 (its split partner is looked up beside it), or the raw Stanford `aclImdb/` folder. Errors are one line saying what to pass.
 """
 
+import logging
+import os
+import re
 from pathlib import Path
 
 import datasets
@@ -14,10 +17,15 @@ from data.truncation import encode
 TEXT_COLUMNS = ("text", "sentence", "review", "content")
 LABEL_COLUMNS = ("label", "labels", "sentiment")
 EVAL_SPLITS = ("test", "validation")  # first found is the eval split
-FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json"}
+# How datasets reads each format: TSV is CSV split on tabs, with quotes as plain characters (as GLUE ships it).
+READERS = {"parquet": ("parquet", {}), "csv": ("csv", {}), "tsv": ("csv", {"delimiter": "\t", "quoting": 3}),
+           "json": ("json", {})}
+SPLIT_FILE = re.compile(r"(?P<split>[a-z]+)(-\d+-of-\d+)?")  # train.csv, or a Hub shard train-00000-of-00002.parquet
 # Datasets that store integer labels without names; IMDB's Hub copy calls 0 "neg" and 1 "pos".
 KNOWN_LABEL_NAMES = {"imdb": ["neg", "pos"]}
 NO_ROWS = "no rows (only a header?); every split needs labelled texts"
+logger = logging.getLogger(__name__)
 
 
 def load_splits(name: str, text_column: str | None = None, label_column: str | None = None):
@@ -28,8 +36,11 @@ def load_splits(name: str, text_column: str | None = None, label_column: str | N
         raw, origins = _load_aclimdb(root), {"train": f"{root}/train", "eval": f"{root}/test"}
     elif path.exists():
         raw, origins = _load_files(path)
-    elif _looks_like_path(name):
-        raise FileNotFoundError(f"--dataset_name {name}: no such file or directory")
+    elif _looks_like_path(name) or _hub_is_off():
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        hub = "" if _looks_like_path(name) else ("; the Hub is off (HF_HUB_OFFLINE), so it was not looked up there: "
+                                                  "pass a local directory or file, or go online")
+        raise FileNotFoundError(f"--dataset_name {name}: no such file or directory{where}{hub}")
     else:
         raw = _load_hub(name)
         origins = {split: f"{name} ({split} split)" for split in raw}
@@ -60,37 +71,41 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix in FILE_FORMATS
 
 
+def _hub_is_off() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
 def _load_hub(name: str) -> DatasetDict:
     try:
         return datasets.load_dataset(name)
     except (ConnectionError, OSError) as error:
         raise ConnectionError(
             f"--dataset_name {name}: cannot load it from the Hugging Face Hub ({type(error).__name__}); "
-            "check your network, or pass a local directory or file (e.g. --dataset_name ../shared/data/imdb)"
+            f"check your network, or pass a local directory or file (no path {name} exists in {Path.cwd()})"
         ) from error
 
 
-def _split_of(file: Path) -> str:
-    """`train.parquet`, `train-00000-of-00001.parquet`, `test_clean.csv` -> the split name before the first - _ or ."""
-    stem = file.name
-    for separator in "-_.":
-        stem = stem.split(separator)[0]
-    return stem.lower()
+def _split_of(file: Path) -> str | None:
+    """`train.parquet`, `train-00000-of-00001.parquet` -> "train"; any other name (train_small.csv) -> None."""
+    match = SPLIT_FILE.fullmatch(file.name[: -len(file.suffix)].lower())
+    return match["split"] if match else None
 
 
 def _load_files(path: Path) -> tuple[DatasetDict, dict]:
+    """The split files: exactly `SPLIT.EXT` (or the Hub's shards of it), one folder per split; other files are left
+    out, and said so. A single file is the train split; its test or validation partner is found beside it."""
     if path.is_file():
         if path.suffix not in FILE_FORMATS:
-            raise ValueError(f"--dataset_name {path}: unsupported file type; use parquet, csv, json or jsonl")
-        candidates = [p for p in path.parent.iterdir() if p.suffix == path.suffix]
+            raise ValueError(f"--dataset_name {path}: unsupported file type; use parquet, csv, tsv, json or jsonl")
+        candidates = [p for p in path.parent.iterdir() if p.suffix == path.suffix and p != path]
         splits = {"train": [path]}
     else:
         candidates = sorted(p for p in path.rglob("*") if p.suffix in FILE_FORMATS)
         splits = {"train": [p for p in candidates if _split_of(p) == "train"]}
         if not splits["train"]:
             raise FileNotFoundError(
-                f"--dataset_name {path}: no train file found; expected train.parquet, train.csv or train.jsonl "
-                "(or the aclImdb/ folder)"
+                f"--dataset_name {path}: no train file found; expected train.parquet, train.csv, train.tsv or "
+                "train.jsonl (or the aclImdb/ folder)"
             )
     for split in EVAL_SPLITS:
         files = [p for p in candidates if _split_of(p) == split]
@@ -102,9 +117,19 @@ def _load_files(path: Path) -> tuple[DatasetDict, dict]:
             f"--dataset_name {path}: no test or validation split found beside the train data; "
             f"add a test{splits['train'][0].suffix} or validation{splits['train'][0].suffix} file"
         )
+    for split, files in splits.items():
+        if len({f.parent for f in files}) > 1:
+            raise ValueError(f"--dataset_name {path}: {len(files)} files for the {split} split in different folders "
+                             f"({', '.join(map(str, files))}); point --dataset_name at one of the folders")
     formats = {FILE_FORMATS[f.suffix] for files in splits.values() for f in files}
     if len(formats) > 1:
         raise ValueError(f"--dataset_name {path}: mixed file types {sorted(formats)}; keep one format per dataset")
+    used = {f for files in splits.values() for f in files}
+    if path.is_dir() and len(used) < len(candidates):
+        left_out = [str(p.relative_to(path)) for p in candidates if p not in used]
+        logger.info(f"Left out of {path}: {', '.join(left_out)} (not a train/test/validation split file)")
+    for split, files in splits.items():
+        logger.info(f"{split} split: {', '.join(map(str, files))}")
     fmt = formats.pop()
     # One load per split: splits may differ in extra columns, which one multi-split load refuses.
     origins = {split: ", ".join(map(str, files)) for split, files in splits.items()}
@@ -112,8 +137,9 @@ def _load_files(path: Path) -> tuple[DatasetDict, dict]:
 
 
 def read_table(fmt: str, files: list[Path]) -> Dataset:
+    builder, options = READERS[fmt]
     try:
-        return datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")
+        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **options)
     except ValueError as error:
         if "corresponds to no data" not in str(error):  # what datasets says of a file with a header and no rows
             raise
@@ -133,6 +159,8 @@ def _aclimdb_root(path: Path) -> Path | None:
 
 def _load_aclimdb(root: Path) -> DatasetDict:
     """The Stanford folder: {train,test}/{neg,pos}/ID_RATING.txt, one review per file (neg = 0, pos = 1)."""
+    if (root / "train" / "unsup").is_dir():
+        logger.info(f"Left out {root / 'train' / 'unsup'} (unlabelled reviews)")
     splits = {}
     for split, name in (("train", "train"), ("test", "eval")):
         texts, labels = [], []
@@ -189,6 +217,7 @@ def _normalize(raw: DatasetDict, source: str, origins: dict, text_column: str | 
             raise ValueError(f"{origins[split]}: {NO_ROWS}")
     text = find_column(raw["train"], text_column, TEXT_COLUMNS, "--text_column", source)
     label = find_column(raw["train"], label_column, LABEL_COLUMNS, "--label_column", source)
+    logger.info(f"text column {text!r}, label column {label!r} (--text_column / --label_column to choose others)")
     for split in raw.values():
         for column in (text, label):
             if column not in split.column_names:
@@ -199,18 +228,55 @@ def _normalize(raw: DatasetDict, source: str, origins: dict, text_column: str | 
     if (text, label) != ("text", "label"):
         raw = raw.rename_columns({text: "text", label: "label"})
 
+    return _label_classes(raw, source, origins)
+
+
+def _label_classes(raw: DatasetDict, source: str, origins: dict) -> tuple[DatasetDict, list[str]]:
+    """The classes are the label values of the train split, in sorted order, as ids 0..n-1 (as run_glue does): labels
+    1/2 train a 2-class model, not a 3-class one with an empty class 0. Names: a ClassLabel's, the strings themselves,
+    IMDB's neg/pos, LABEL_i when the values already are 0..n-1, else the values (id2label {0: "1", 1: "2"}). An eval
+    label the train split does not have is an error naming its row."""
     feature = raw["train"].features["label"]
     if isinstance(feature, ClassLabel):
-        names = list(feature.names)
-    elif feature.dtype in ("string", "large_string"):
-        # String labels become ids in sorted order; the strings are kept as the label names.
-        names = sorted(set(raw["train"].unique("label")) | set(raw["eval"].unique("label")))
-        raw = raw.cast_column("label", ClassLabel(names=names))
-    else:
-        values = set(raw["train"].unique("label")) | set(raw["eval"].unique("label"))
-        if min(values) < 0:
-            raise ValueError(f"{source}: label {min(values)} is negative; integer labels must be 0..num_labels-1")
-        known = next((v for k, v in KNOWN_LABEL_NAMES.items() if k in source.lower()), None)
-        num_labels = max(values) + 1
-        names = known if known and len(known) >= num_labels else [f"LABEL_{i}" for i in range(num_labels)]
-    return raw, names
+        return raw, list(feature.names)
+    text_labels = feature.dtype in ("string", "large_string")
+    if not text_labels:
+        raw = DatasetDict({split: _whole_numbers(rows, origins[split]) for split, rows in raw.items()})
+    values = sorted(raw["train"].unique("label"))
+    known = set(values)
+    eval_labels = raw["eval"].data.column("label").to_pylist()
+    unseen = next(((row, value) for row, value in enumerate(eval_labels) if value not in known), None)
+    if unseen is not None:
+        shown = ", ".join(map(str, values[:20])) + (", ..." if len(values) > 20 else "")
+        raise ValueError(f"{origins['eval']}: row {unseen[0]} (0-based) has label {unseen[1]!r}, which no train row "
+                         f"has (train labels: {shown}); fix or remove that row")
+    if text_labels:
+        return raw.cast_column("label", ClassLabel(names=values)), values
+    if values == list(range(len(values))):  # already ids
+        named = next((v for k, v in KNOWN_LABEL_NAMES.items() if k in source.lower()), None)
+        return raw, named if named and len(named) >= len(values) else [f"LABEL_{i}" for i in values]
+    ids = {value: i for i, value in enumerate(values)}
+    logger.info(f"labels {', '.join(map(str, values))} are classes 0..{len(values) - 1} in that order (saved as the "
+                "model's id2label)")
+    return raw.map(lambda rows: {"label": [ids[v] for v in rows["label"]]}, batched=True), [str(v) for v in values]
+
+
+def _whole_numbers(rows: Dataset, origin: str) -> Dataset:
+    """Integer labels; floats too when they are whole (pandas writes 0.0/1.0 once a column held a NaN)."""
+    if not rows.features["label"].dtype.startswith("float"):
+        return rows
+    for index, value in enumerate(rows.data.column("label").to_pylist()):
+        if not float(value).is_integer():
+            raise ValueError(f"{origin}: row {index} (0-based) has label {value!r}, not a whole number; labels are "
+                             "classes: integers or names")
+    return rows.cast_column("label", datasets.Value("int64"))
+
+
+def rename_classes(given: list[str] | None, found: list[str]) -> list[str]:
+    """--label_names in place of the names found, one per class in id order."""
+    if not given:
+        return found
+    if len(given) != len(found):
+        raise ValueError(f"--label_names gives {len(given)} names ({', '.join(given)}) but the train split has "
+                         f"{len(found)} classes ({', '.join(found)}); give one name per class, in this order")
+    return list(given)

@@ -28,6 +28,14 @@ def classification_metrics(labels, predictions, label_names: list[str]) -> dict:
     return result
 
 
+def averaging(metrics: dict) -> str:
+    """How F1, precision and recall were averaged: "binary" (positive = label 1) or "macro" (3+ classes)."""
+    return "macro" if "per_class" in metrics else "binary"
+
+
 def format_report(metrics: dict) -> str:
-    """The reference's printout: `Accuracy: …`, `F1-Score: …`, `Precision: …`, `Recall: …`."""
-    return "\n".join(f"{title}: {metrics[key]:.4f}" for key, title in REPORT_TITLES.items())
+    """The reference's printout: `Accuracy: …`, `F1-Score: …`, `Precision: …`, `Recall: …` (with 3+ classes
+    `F1-Score (macro): …`: unweighted means over the classes)."""
+    macro = " (macro)" if averaging(metrics) == "macro" else ""
+    return "\n".join(f"{title}{macro if key != 'accuracy' else ''}: {metrics[key]:.4f}"
+                     for key, title in REPORT_TITLES.items())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sklearn.metrics import confusion_matrix
 
-from metrics import EVAL_SCALARS, METRICS
+from metrics import EVAL_SCALARS, METRICS, averaging
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,12 @@ def write_markdown(path: Path, history: dict) -> None:
              f"(keep {config['truncation_keep']}).", "", "## Before and after training", ""]
     lines += _table(["", *EVAL_SCALARS], [[name, *(_number(m[k]) for k in EVAL_SCALARS)]
                                              for name, m in (("before", before), ("after", after))])
+    if averaging(after) == "macro":
+        lines += ["", "F1, precision and recall are macro averages: the unweighted mean over the classes.", "",
+                  "## Per class (after training)", ""]
+        lines += _table(["class", "precision", "recall", "f1", "support"],
+                        [[name, *(_number(c[k]) for k in ("precision", "recall", "f1")), c["support"]]
+                         for name, c in after["per_class"].items()])
     lines += ["", "## Per epoch", ""]
     lines += _table(["epoch", "step", "train loss", *METRICS, "eval loss"],
                     [[e["epoch"], e["step"], _number(e["train_loss"]), *(_number(e.get(k)) for k in EVAL_SCALARS)]

@@ -164,6 +164,19 @@ def test_existing_output_dir_is_not_overwritten_without_the_flag(tiny_bert, smal
     assert json.loads((tmp_path / "metrics.json").read_text())["config"]["max_train_steps"] == 2
 
 
+def test_the_not_empty_message_advises_resuming_only_when_a_checkpoint_exists(tiny_bert, small_imdb, tmp_path):
+    """A run interrupted before its first checkpoint leaves nothing to resume: do not advise it."""
+    args = common(tiny_bert, small_imdb) + ["--output_dir", tmp_path, "--max_train_steps", 2]
+    (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 0.7}\n')
+    last_line = run_train(args, check=False).stderr.strip().splitlines()[-1]
+    assert last_line == (f"error: --output_dir {tmp_path} is not empty: pass --overwrite_output_dir to replace it, or "
+                         "another --output_dir (it holds no checkpoint to resume from)")
+    run_train(args + ["--overwrite_output_dir", "--checkpointing_steps", 1])
+    last_line = run_train(args, check=False).stderr.strip().splitlines()[-1]
+    assert last_line == (f"error: --output_dir {tmp_path} is not empty: pass --overwrite_output_dir to replace it, or "
+                         "--resume_from_checkpoint latest to continue the run in it")
+
+
 def test_partial_checkpoints_are_never_latest(tmp_path):
     for name, complete in (("step_5", True), ("step_10", True), (".step_15.partial", False)):
         (tmp_path / "checkpoints" / name).mkdir(parents=True)

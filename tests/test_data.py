@@ -100,8 +100,8 @@ def test_missing_local_path_is_not_sent_to_the_hub(tmp_path):
 
 
 def test_hub_name_without_network_says_what_to_pass(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ConnectionError, match="pass a local directory or file"):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the Hub is off: not found here, and not looked up there
+    with pytest.raises(FileNotFoundError, match="pass a local directory or file"):
         load_splits("someone/not-a-local-dataset")
 
 
@@ -121,3 +121,86 @@ def test_tokenization_truncates_without_padding_and_collator_pads_to_longest(min
     batch = DataCollatorWithPadding(tokenizer)([tokens[0], tokens[1]])
     assert tuple(batch["input_ids"].shape) == (2, 16)
     assert batch["attention_mask"][0].tolist() == [1, 1, 1] + [0] * 13
+
+
+def labelled(tmp_path, train_labels, test_labels, fmt="csv"):
+    texts = ["good film", "bad film", "great", "awful", "fine", "dull"]
+    write(pd.DataFrame({"text": texts[: len(train_labels)], "label": train_labels}), tmp_path / f"train.{fmt}", fmt)
+    write(pd.DataFrame({"text": texts[: len(test_labels)], "label": test_labels}), tmp_path / f"test.{fmt}", fmt)
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("train_labels, test_labels, names, train_ids, test_ids", [
+    ([1, 2, 1, 2], [2, 1], ["1", "2"], [0, 1, 0, 1], [1, 0]),  # polarity data sets: 2 classes, not 3
+    ([0, 1, 7, 1], [7, 0], ["0", "1", "7"], [0, 1, 2, 1], [2, 0]),  # 3 classes, not 8
+    ([-1, 1, -1], [1], ["-1", "1"], [0, 1, 0], [1]),
+    ([0.0, 1.0, 1.0], [1.0, 0.0], ["LABEL_0", "LABEL_1"], [0, 1, 1], [1, 0]),  # what pandas writes after a NaN
+])
+def test_train_label_values_are_the_classes_in_sorted_order(tmp_path, train_labels, test_labels, names, train_ids,
+                                                            test_ids):
+    splits, found = load_splits(labelled(tmp_path, train_labels, test_labels))
+    assert found == names
+    assert splits["train"]["label"][:] == train_ids and splits["eval"]["label"][:] == test_ids
+
+
+def test_an_eval_label_no_train_row_has_is_named(tmp_path):
+    with pytest.raises(ValueError) as error:
+        load_splits(labelled(tmp_path, [1, 2, 1], [2, 3]))
+    assert str(error.value) == (f"{tmp_path / 'test.csv'}: row 1 (0-based) has label 3, which no train row has (train "
+                                "labels: 1, 2); fix or remove that row")
+
+
+def test_a_label_that_is_not_a_whole_number_is_named(tmp_path):
+    with pytest.raises(ValueError) as error:
+        load_splits(labelled(tmp_path, [0.0, 1.0, 0.5], [1.0]))
+    assert str(error.value) == (f"{tmp_path / 'train.csv'}: row 2 (0-based) has label 0.5, not a whole number; labels "
+                                "are classes: integers or names")
+
+
+def test_label_names_rename_the_classes_and_must_match_their_count():
+    from data import rename_classes
+
+    assert rename_classes(("World", "Sports"), ["LABEL_0", "LABEL_1"]) == ["World", "Sports"]
+    assert rename_classes(None, ["1", "2"]) == ["1", "2"]
+    with pytest.raises(ValueError, match=r"^--label_names gives 2 names \(a, b\) but the train split has 3 classes "
+                                         r"\(0, 1, 7\); give one name per class, in this order$"):
+        rename_classes(("a", "b"), ["0", "1", "7"])
+
+
+def test_only_the_split_files_are_read_and_the_others_are_named(tmp_path, caplog):
+    write(TRAIN, tmp_path / "train.csv", "csv")
+    write(TRAIN.iloc[:2], tmp_path / "train_small.csv", "csv")  # used to be merged into train silently
+    write(TEST, tmp_path / "test.csv", "csv")
+    with caplog.at_level("INFO"):
+        splits, _ = load_splits(str(tmp_path))
+    assert (len(splits["train"]), len(splits["eval"])) == (5, 2)
+    assert "Left out of {}: train_small.csv (not a train/test/validation split file)".format(tmp_path) in caplog.text
+    assert f"train split: {tmp_path / 'train.csv'}" in caplog.text
+    assert "text column 'review', label column 'sentiment'" in caplog.text
+
+
+def test_split_files_in_two_folders_are_refused(tmp_path):
+    write(TRAIN, tmp_path / "a" / "train.csv", "csv")
+    write(TRAIN, tmp_path / "b" / "train.csv", "csv")
+    write(TEST, tmp_path / "a" / "test.csv", "csv")
+    with pytest.raises(ValueError, match=r"2 files for the train split in different folders .*; point --dataset_name "
+                                         r"at one of the folders"):
+        load_splits(str(tmp_path))
+
+
+def test_tsv_files_load_like_csv_with_quotes_as_text(tmp_path):
+    (tmp_path / "train.tsv").write_text('sentence\tlabel\nit\'s a "great" film\t1\ndull\t0\n')
+    (tmp_path / "test.tsv").write_text("sentence\tlabel\nfine\t1\n")
+    for given in (tmp_path, tmp_path / "train.tsv"):
+        splits, names = load_splits(str(given))
+        assert splits["train"]["text"][:] == ['it\'s a "great" film', "dull"] and names == ["LABEL_0", "LABEL_1"]
+
+
+def test_a_missing_relative_path_says_where_it_looked_when_the_hub_is_off(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError) as error:
+        load_splits("data/imdb")  # one slash: could be a Hub name, but the Hub is off
+    assert str(error.value) == (f"--dataset_name data/imdb: no such file or directory (relative to {tmp_path}); the "
+                                "Hub is off (HF_HUB_OFFLINE), so it was not looked up there: pass a local directory "
+                                "or file, or go online")

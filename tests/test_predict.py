@@ -90,7 +90,8 @@ def test_unknown_label_name_is_one_line(trained, tmp_path):
     pd.DataFrame({"text": ["x"], "label": ["meh"]}).to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
     result = run_predict([trained, "--input_file", tmp_path / "bad.jsonl", "--evaluate"], check=False)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'bad.jsonl'}: label 'meh' is not one of the model's ['neg', 'pos']"
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'bad.jsonl'}: row 0 (0-based) has label 'meh', not one of the model's ['neg', 'pos']")
 
 
 LONG = ("The first half drags: slow scenes, flat jokes, nothing happens for an hour. " * 3

@@ -152,3 +152,11 @@ def test_bad_data_is_one_line_and_touches_no_output(tiny_bert, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"error: --dataset_name {tmp_path / 'missing'}: no such file or directory"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cut_split_is_said(tiny_bert, small_imdb, tmp_path):
+    """The recipe's defaults cut a user's own data set: say so, and how to keep it whole."""
+    result = run_train(["--model_name_or_path", tiny_bert, "--dataset_name", small_imdb, "--output_dir", tmp_path,
+                        "--train_samples", 16, "--eval_samples", 0, "--max_train_steps", 1, *TINY])
+    assert "using 16 of 64 train rows; --train_samples 0 for all" in result.stderr
+    assert "eval rows" not in result.stderr  # the whole eval split: nothing to say

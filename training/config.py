@@ -30,10 +30,15 @@ data_flag, model_flag, optim_flag, eval_flag, output_flag, speed_flag, debug_fla
 
 
 def value_type(annotation) -> type:
-    """`int | None` -> int; `str | int | None` -> str (the first type is what the command line gives)."""
+    """`int | None` -> int; `str | int | None` -> str (the first type is what the command line gives);
+    `tuple[str, ...]` stays as it is (a flag taking one or more values)."""
     if isinstance(annotation, types.UnionType):
         return next(arg for arg in typing.get_args(annotation) if arg is not type(None))
     return annotation
+
+
+def is_list(annotation) -> bool:
+    return typing.get_origin(value_type(annotation)) is tuple
 
 
 def build_parser(config_class, description: str) -> argparse.ArgumentParser:
@@ -45,6 +50,8 @@ def build_parser(config_class, description: str) -> argparse.ArgumentParser:
         options = {"default": field.default, "help": field.metadata["help"] or None}
         if value_type(field.type) is bool:  # on by default: --no-NAME turns it off; off by default: --NAME
             options["action"] = argparse.BooleanOptionalAction if field.default else "store_true"
+        elif is_list(field.type):  # --NAME A B C
+            options |= {"nargs": "+", "type": typing.get_args(value_type(field.type))[0]}
         else:
             options |= {"type": value_type(field.type), "choices": field.metadata["choices"]}
         group.add_argument(f"--{field.name}", **options)
@@ -60,6 +67,7 @@ def parse_config(config_class, argv: list, description: str):
     if given.config:  # the file's values first, so the command line's flags (parsed later) win
         argv = file_arguments(given.config, config_class, parser) + argv
     values = vars(parser.parse_args(argv))
+    values |= {name: tuple(value) for name, value in values.items() if isinstance(value, list)}  # frozen: no lists
     if values["debug"]:
         values |= debug_values(values)
     check(values, parser)
@@ -96,6 +104,8 @@ def file_arguments(path: str, config_class, parser: argparse.ArgumentParser) -> 
                 arguments.append(f"--{key}" if value else f"--no-{key}")
             elif value:
                 arguments.append(f"--{key}")
+        elif is_list(field.type) and isinstance(value, list):
+            arguments += [f"--{key}", *map(str, value)]
         else:
             arguments += [f"--{key}", str(value)]
     return arguments

@@ -19,7 +19,8 @@ def check_process_group(accelerator) -> None:
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise RunError(f"the launcher started {launched} processes but they did not join one group, so each would "
-                       "train alone; on a CPU set ACCELERATE_USE_CPU=1 (or pass --cpu to accelerate launch)")
+                       f"train alone; on a CPU set ACCELERATE_USE_CPU=1: ACCELERATE_USE_CPU=1 accelerate launch "
+                       f"--multi_gpu --num_processes {launched} train.py ...")
 
 
 def configure_logging(accelerator) -> None:

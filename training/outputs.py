@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from metrics.report import confusion, write_markdown, write_picture
-from training.checkpoints import find_checkpoint
+from training.checkpoints import find_checkpoint, list_checkpoints
 
 logger = logging.getLogger("train")
 
@@ -19,8 +19,10 @@ def check_output_dir(config) -> Path | None:
     if config.resume_from_checkpoint:
         return find_checkpoint(config.resume_from_checkpoint, output_dir)
     if output_dir.is_dir() and any(output_dir.iterdir()) and not config.overwrite_output_dir:
+        resumable = ("or --resume_from_checkpoint latest to continue the run in it" if list_checkpoints(output_dir)
+                     else "or another --output_dir (it holds no checkpoint to resume from)")
         raise FileExistsError(f"--output_dir {output_dir} is not empty: pass --overwrite_output_dir to replace it, "
-                              "or --resume_from_checkpoint latest to continue the run in it")
+                              f"{resumable}")
     return None
 
 
