@@ -12,7 +12,6 @@ model was trained (--max_length, --truncation_keep and --head_tokens saved by tr
 --output_file, each row also has its true_label, so two models' files can be compared with `python -m metrics.compare`.
 """
 
-import argparse
 import contextlib
 import csv
 import json
@@ -37,11 +36,12 @@ from data import (
 )
 from metrics import classification_metrics, format_report
 from model import AUTOCAST_DTYPES, pad_with_eos
+from training.config import Parser
 from training.errors import one_line_errors
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    parser = Parser(prog="predict.py", description=__doc__)  # train.py's: no abbreviations, defaults in --help, one-line errors
     parser.add_argument("model_dir", help="a directory written by train.py (output_dir or output_dir/best)")
     parser.add_argument("--text", action="append", help="a text to classify; repeat for more")
     parser.add_argument("--input_file", help="txt (one text per line), csv, jsonl, json or parquet")

@@ -8,6 +8,7 @@ Top to bottom: the flags (Config); data and model; main: set up, evaluate before
 steps (forward, backward, clip, step, schedule); evaluation, checkpoints and the end of the run.
 """
 
+import math
 import shutil
 import sys
 import time
@@ -23,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
+from transformers import DataCollatorWithPadding, get_scheduler
 
 from data import (KEEP_CHOICES, check_head_tokens, eval_loader, global_batches, length_order, load_splits, on_device,
                   padding_efficiency, process_batches, rename_classes, rows_per_optimizer_step, select_subset, tokenize,
@@ -41,6 +42,8 @@ from training.state import BestTracker, TrainState
 from training.telemetry import Telemetry, trackers_for
 
 logger = logging.getLogger("train")
+# The transformers schedules that need nothing but the step count (not reduce_lr_on_plateau, which needs metrics).
+SCHEDULES = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class Config:
     gradient_accumulation_steps: int = optim_flag(1)
     num_warmup_steps: int | None = optim_flag(None, "linear warmup steps (default 0)")
     warmup_ratio: float | None = optim_flag(None, "warmup as a fraction of the optimizer steps")
+    lr_scheduler_type: str = optim_flag("linear", "the learning-rate schedule after warmup (transformers' "
+                                                  "get_scheduler names)", choices=SCHEDULES)
     max_grad_norm: float = optim_flag(1.0, "clip the gradient norm; <= 0: no clipping")
     mixed_precision: str | None = optim_flag(None, "default: what `accelerate launch` / `accelerate config` says, "
                                                    "else no", choices=list(AUTOCAST_DTYPES))
@@ -205,7 +210,8 @@ def main(config: Config) -> None:
     fused = accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
     optimizer = torch.optim.AdamW(parameter_groups(data.classifier, config.weight_decay), lr=config.learning_rate,
                                   fused=fused)
-    lr_scheduler = get_linear_schedule_with_warmup(optimizer, plan.num_warmup_steps, plan.max_train_steps)
+    lr_scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=plan.num_warmup_steps,
+                                 num_training_steps=plan.max_train_steps)
     # The scheduler is not prepared: accelerate's wrapper steps it once per process per step; we step it by hand once.
     model, optimizer = accelerator.prepare(data.classifier, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
@@ -284,8 +290,10 @@ def train_epoch(run: Run, epoch: int, skip: int, stop: bool) -> bool:
             telemetry.lap("backward")
             if accelerator.sync_gradients:  # the last micro-batch of a group: check, clip, step, schedule
                 stop_if_not_finite(run, epoch)
-                if config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                # The norm before clipping, logged; no clipping is a clip at infinity (a multiplication by 1).
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm if
+                                                        config.max_grad_norm > 0 else math.inf)
+                telemetry.add_grad_norm(grad_norm)
                 learning_rate = run.lr_scheduler.get_last_lr()[0]
                 run.optimizer.step()
                 if not accelerator.optimizer_step_was_skipped:  # fp16 skips steps with inf gradients

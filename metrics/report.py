@@ -1,9 +1,14 @@
 """The run at a glance: report.md (config, before/after, per-epoch table, time, throughput) and report.png (loss and
 learning rate per step, evaluation metrics per step with the "before" point, the final confusion matrix).
 
-matplotlib is optional: without it report.png is skipped with a notice; report.md needs nothing.
+matplotlib is optional: without it report.png is skipped with a notice; report.md needs nothing. Both can be drawn
+again from a finished run's folder (after `pip install matplotlib`, say):
+
+    python -m metrics.report result
 """
 
+import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -137,3 +142,22 @@ def write_picture(path: Path, history: dict, log: list[dict]) -> bool:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return True
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m metrics.report", description="Draw report.md and report.png "
+                                     "again from an output dir's metrics.json and log.jsonl.")
+    parser.add_argument("output_dir")
+    folder = Path(parser.parse_args(argv).output_dir)
+    if not (folder / "metrics.json").is_file():
+        raise SystemExit(f"error: {folder}: no metrics.json (is it a finished train.py output dir?)")
+    history = json.loads((folder / "metrics.json").read_text())
+    log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    write_markdown(folder / "report.md", history)
+    drawn = write_picture(folder / "report.png", history, log)
+    print(f"wrote {folder / 'report.md'}" + (f" and {folder / 'report.png'}" if drawn else ""))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(message)s", level=logging.INFO)
+    main()

@@ -160,3 +160,23 @@ def test_a_cut_split_is_said(tiny_bert, small_imdb, tmp_path):
                         "--train_samples", 16, "--eval_samples", 0, "--max_train_steps", 1, *TINY])
     assert "using 16 of 64 train rows; --train_samples 0 for all" in result.stderr
     assert "eval rows" not in result.stderr  # the whole eval split: nothing to say
+
+
+def test_lr_scheduler_type_and_the_gradient_norm_in_the_log(tiny_bert, small_imdb, tmp_path):
+    """What a Trainer user misses: a cosine schedule by name; the gradient norm (before clipping) on every log line."""
+    import math
+
+    common = ["--model_name_or_path", tiny_bert, "--dataset_name", small_imdb, "--train_samples", 0,
+              "--eval_samples", 16, "--num_train_epochs", 1, "--learning_rate", 1e-3, *TINY]
+    run_train(common + ["--output_dir", tmp_path / "cosine", "--lr_scheduler_type", "cosine"])
+    metrics, log = read_outputs(tmp_path / "cosine")
+    assert metrics["config"]["lr_scheduler_type"] == "cosine"
+    # No warmup: step k (1-based) of 8 runs at lr * 0.5 * (1 + cos(pi * (k - 1) / 8)).
+    assert [r["learning_rate"] for r in log] == pytest.approx(
+        [1e-3 * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)], rel=1e-6)
+    norms = [r["grad_norm"] for r in log]
+    assert all(0 < norm < 100 for norm in norms)
+    # Without clipping the norms are still logged, and the first step (same weights, same batch) has the same norm.
+    run_train(common + ["--output_dir", tmp_path / "unclipped", "--lr_scheduler_type", "cosine", "--max_grad_norm", 0])
+    _, unclipped = read_outputs(tmp_path / "unclipped")
+    assert unclipped[0]["grad_norm"] == pytest.approx(norms[0], rel=1e-6) and len(unclipped) == 8

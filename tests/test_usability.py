@@ -3,7 +3,6 @@
 import json
 import struct
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -132,3 +131,32 @@ def test_without_matplotlib_the_picture_is_skipped_with_a_notice(debug_run, monk
         assert write_picture(tmp_path / "report.png", metrics, log) is False
     assert not (tmp_path / "report.png").exists()
     assert "matplotlib is not installed: skipping report.png (pip install matplotlib)" in caplog.text
+
+
+def test_help_shows_defaults_abbreviations_are_refused_and_flag_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    assert "(default: 5e-05)" in " ".join(capsys.readouterr().out.split())  # --learning_rate's, however wrapped
+    for argv, message in ((["--learning_rat", "1e-4"], "unrecognized arguments: --learning_rat 1e-4"),
+                          (["--learning_rate", "-1"], "--learning_rate must be positive, got -1.0")):
+        with pytest.raises(SystemExit) as stop:
+            train.parse_args(argv)
+        assert stop.value.code == 2
+        assert capsys.readouterr().err == f"train.py: error: {message} (python train.py --help lists the flags)\n"
+
+
+def test_the_report_is_drawn_again_from_an_output_dir(debug_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="optional dependency: pip install matplotlib")
+    import shutil
+
+    from metrics import report
+
+    folder = tmp_path / "run"
+    shutil.copytree(debug_run, folder)
+    expected = (folder / "report.md").read_text()
+    (folder / "report.md").unlink(), (folder / "report.png").unlink()
+    report.main([str(folder)])
+    assert (folder / "report.md").read_text() == expected and (folder / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert capsys.readouterr().out == f"wrote {folder / 'report.md'} and {folder / 'report.png'}\n"
+    with pytest.raises(SystemExit, match="no metrics.json"):
+        report.main([str(tmp_path)])

@@ -19,7 +19,7 @@ RESUME_KEYS = (
     "model_name_or_path", "dataset_name", "text_column", "label_column", "train_samples", "eval_samples", "subset_seed",
     "max_length", "truncation_keep", "head_tokens", "per_device_train_batch_size", "gradient_accumulation_steps",
     "num_processes", "learning_rate", "weight_decay", "num_train_epochs", "max_train_steps", "num_warmup_steps",
-    "warmup_ratio", "seed",
+    "warmup_ratio", "lr_scheduler_type", "seed",
 )
 
 

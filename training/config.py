@@ -41,13 +41,28 @@ def is_list(annotation) -> bool:
     return typing.get_origin(value_type(annotation)) is tuple
 
 
-def build_parser(config_class, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every flag's default in --help."""
+
+
+class Parser(argparse.ArgumentParser):
+    """No abbreviations (`--learning_rat` is an error, not --learning_rate); a bad flag is one line on stderr, with
+    argparse's exit code 2, instead of the whole usage."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, formatter_class=HelpFormatter, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (python {self.prog} --help lists the flags)\n")
+
+
+def build_parser(config_class, description: str, prog: str = "train.py") -> argparse.ArgumentParser:
+    parser = Parser(prog=prog, description=description)
     groups = {None: parser}
     for field in dataclasses.fields(config_class):
         name = field.metadata["group"]
         group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
-        options = {"default": field.default, "help": field.metadata["help"] or None}
+        options = {"default": field.default, "help": field.metadata["help"] or "(default: %(default)s)"}
         if value_type(field.type) is bool:  # on by default: --no-NAME turns it off; off by default: --NAME
             options["action"] = argparse.BooleanOptionalAction if field.default else "store_true"
         elif is_list(field.type):  # --NAME A B C

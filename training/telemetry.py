@@ -16,7 +16,7 @@ from metrics import EVAL_SCALARS
 from metrics.throughput import PhaseTimer, measure_peak_tflops, profile_sort_key, training_flop_rates
 
 logger = logging.getLogger("train")
-TRACKED_TRAIN_KEYS = ("loss", "learning_rate", "samples_per_second", "tokens_per_second")
+TRACKED_TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "samples_per_second", "tokens_per_second")
 
 
 def trackers_for(report_to: str) -> list[str]:
@@ -46,6 +46,8 @@ class Telemetry:
         self.accelerator, self.config, self.output_dir, self.log_file = accelerator, config, output_dir, log_file
         device = accelerator.device
         self.window_tokens = torch.zeros(3, device=device)  # real tokens, token slots, sum of squared lengths
+        self.window_grad_norm = torch.zeros(1, device=device)  # summed over the window's optimizer steps
+        self.window_steps = 0
         self.run_tokens = torch.zeros(3, device=device)  # the same over the whole run (this process)
         self.run_rows = 0  # trained in this process's lifetime (a resumed run counts from its checkpoint)
         self.timer = PhaseTimer(device, synchronize=config.profile_steps > 0)
@@ -72,6 +74,11 @@ class Telemetry:
         self.window_tokens[1] += attention_mask.numel()  # a Python number: a kernel argument, not a copy
         self.window_tokens[2] += (lengths * lengths).sum()
 
+    def add_grad_norm(self, norm: torch.Tensor) -> None:
+        """The step's gradient norm (before clipping), kept on the device until a logging step."""
+        self.window_grad_norm += norm.detach().float()
+        self.window_steps += 1
+
     def step_done(self, state, step_rows: int, epoch_position: float, learning_rate: float, last: bool) -> None:
         """After an optimizer step: the progress bar, the profiler, and at logging steps a log.jsonl line and the
         trackers (the loss is the mean over the rows of the steps since the previous line, all processes)."""
@@ -81,14 +88,15 @@ class Telemetry:
             self.profiler.step()
         if state.completed_steps % self.config.logging_steps and not last:
             return
-        window = torch.cat([state.window_loss[None], self.window_tokens])
-        totals = self.accelerator.reduce(window, reduction="sum").tolist()
-        loss, (real_tokens, token_slots, squared_lengths) = totals[0] / state.window_rows, totals[1:]
+        window = torch.cat([state.window_loss[None], self.window_tokens, self.window_grad_norm])
+        totals = self.accelerator.reduce(window, reduction="sum").tolist()  # one sync per logging step
+        loss, (real_tokens, token_slots, squared_lengths) = totals[0] / state.window_rows, totals[1:4]
+        grad_norm = totals[4] / max(self.window_steps, 1) / self.accelerator.num_processes  # the same on every process
         times = self.timer.read()
         seconds = sum(times.values())  # training time only: evaluations and checkpoints are not in it
         flops = self.flops_per_token * real_tokens + self.flops_per_token_pair * squared_lengths
         record = {"step": state.completed_steps, "epoch": round(epoch_position, 4), "loss": loss,
-                  "learning_rate": learning_rate, "samples_per_second": state.window_rows / seconds,
+                  "learning_rate": learning_rate, "grad_norm": grad_norm, "samples_per_second": state.window_rows / seconds,
                   "tokens_per_second": real_tokens / seconds, "padding_efficiency": real_tokens / token_slots, **times,
                   "mfu": flops / seconds / (self.peak_tflops * 1e12 * self.accelerator.num_processes)}
         if self.log_file is not None:
@@ -99,6 +107,8 @@ class Telemetry:
         state.reset_window()
         self.run_tokens += self.window_tokens
         self.window_tokens.zero_()
+        self.window_grad_norm.zero_()
+        self.window_steps = 0
 
     def evaluated(self, metrics: dict, step: int) -> None:
         self.accelerator.log(tracked(metrics, "eval"), step=step)
