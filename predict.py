@@ -28,6 +28,7 @@ from data import (
     LABEL_COLUMNS,
     TEXT_COLUMNS,
     check_head_tokens,
+    check_rows,
     encode,
     eval_loader,
     find_column,
@@ -69,27 +70,37 @@ def parse_args(argv=None):
     return args
 
 
-def read_inputs(args) -> tuple[list[str], list | None]:
-    """The texts, and their labels when --evaluate asks for them."""
+def read_inputs(args) -> tuple[list[str], list | None, list[int]]:
+    """The texts, their labels when --evaluate asks for them, and each text's position in the input (its line number
+    in a text file or stdin, whose blank lines are skipped with a notice)."""
     if args.text:
-        return args.text, None
+        return args.text, None, list(range(len(args.text)))
     if args.input_file is None:
-        return sys.stdin.read().splitlines(), None
+        return non_blank_lines(sys.stdin.read(), "stdin")
     path = Path(args.input_file)
     if not path.is_file():
         raise FileNotFoundError(f"--input_file {path}: no such file")
     if path.suffix == ".txt":
         if args.evaluate:
             raise ValueError(f"--input_file {path}: a txt file has no labels; use csv, jsonl or parquet to --evaluate")
-        return path.read_text(encoding="utf-8").splitlines(), None
+        return non_blank_lines(path.read_text(encoding="utf-8"), str(path))
     if path.suffix not in FILE_FORMATS:
-        raise ValueError(f"--input_file {path}: unsupported file type; use txt, csv, jsonl, json or parquet")
+        raise ValueError(f"--input_file {path}: unsupported file type; use txt, csv, tsv, jsonl, json or parquet")
     table = read_table(FILE_FORMATS[path.suffix], [path])
-    texts = table[find_column(table, args.text_column, TEXT_COLUMNS, "--text_column", str(path))][:]
-    if not args.evaluate:
-        return list(texts), None
-    labels = table[find_column(table, args.label_column, LABEL_COLUMNS, "--label_column", str(path))][:]
-    return list(texts), list(labels)
+    text = find_column(table, args.text_column, TEXT_COLUMNS, "--text_column", str(path))
+    label = find_column(table, args.label_column, LABEL_COLUMNS, "--label_column", str(path)) if args.evaluate else None
+    check_rows(table, text, label, str(path))  # train.py's one line for a row without a text (or label)
+    return list(table[text][:]), list(table[label][:]) if label else None, list(range(len(table)))
+
+
+def non_blank_lines(content: str, source: str) -> tuple[list[str], None, list[int]]:
+    lines = content.splitlines()
+    kept = [number for number, line in enumerate(lines) if line.strip()]
+    if len(kept) < len(lines):
+        blank = [number for number, line in enumerate(lines) if not line.strip()]
+        print(f"{source}: skipped {len(blank)} blank line(s) (0-based: {', '.join(map(str, blank[:10]))}"
+              f"{', ...' if len(blank) > 10 else ''}); the output keeps the input's line numbers", file=sys.stderr)
+    return [lines[number] for number in kept], None, kept
 
 
 @torch.no_grad()
@@ -134,13 +145,14 @@ def label_ids(labels: list, label2id: dict, source: str) -> list[int]:
 
 
 def write_predictions(probabilities: torch.Tensor, id2label: dict, output_file: str | None,
-                      true_labels: list[int] | None = None) -> None:
-    """One row per text: index, label, score, per-class probabilities, and the true label when evaluating."""
+                      true_labels: list[int] | None = None, positions: list[int] | None = None) -> None:
+    """One row per text: index (its position in the input), label, score, per-class probabilities, and the true label
+    when evaluating."""
     names = [id2label[i] for i in range(probabilities.shape[1])]
     rows = []
     for index, probs in enumerate(probabilities.tolist()):
         best = max(range(len(probs)), key=probs.__getitem__)
-        rows.append({"index": index, "label": names[best], "score": probs[best],
+        rows.append({"index": positions[index] if positions else index, "label": names[best], "score": probs[best],
                      "probabilities": dict(zip(names, probs))})
         if true_labels is not None:
             rows[-1]["true_label"] = names[true_labels[index]]
@@ -159,7 +171,7 @@ def write_predictions(probabilities: torch.Tensor, id2label: dict, output_file: 
 
 def main(args) -> None:
     with one_line_errors():
-        texts, labels = read_inputs(args)
+        texts, labels, positions = read_inputs(args)
         # A GPT-2 model not saved by train.py has no pad token.
         tokenizer = pad_with_eos(AutoTokenizer.from_pretrained(args.model_dir), args.model_dir)
         model = AutoModelForSequenceClassification.from_pretrained(args.model_dir).eval()
@@ -174,7 +186,7 @@ def main(args) -> None:
     probabilities = predict(model, tokenizer, texts, args.batch_size, max_length, keep, head_tokens,
                             args.mixed_precision)
     if args.output_file or not args.evaluate:
-        write_predictions(probabilities, model.config.id2label, args.output_file, labels)
+        write_predictions(probabilities, model.config.id2label, args.output_file, labels, positions)
     if labels is not None:
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         print(format_report(classification_metrics(labels, probabilities.argmax(-1).numpy(), names)))

@@ -121,3 +121,20 @@ def test_predict_truncates_as_the_model_was_trained_and_bf16_stays_close(tiny_be
     assert list(rows[0]["probabilities"].values()) == pytest.approx(expected["head"], abs=1e-5)
     rows = [json.loads(line) for line in run_predict([out, "--text", LONG, "--mixed_precision", "bf16"]).splitlines()]
     assert list(rows[0]["probabilities"].values()) == pytest.approx(expected["head_tail"], abs=2e-2)
+
+
+def test_a_row_without_a_text_is_train_pys_one_line(trained, tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"review": "no text key"}\n')
+    result = run_predict([trained, "--input_file", tmp_path / "bad.jsonl"], check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'bad.jsonl'}: row 1 (0-based) has no text in column 'text'; fill or remove that row")
+
+
+def test_blank_lines_are_skipped_and_the_output_keeps_the_line_numbers(trained, tmp_path):
+    (tmp_path / "reviews.txt").write_text("A wonderful film.\n\n   \nDull.\n")
+    result = run_predict([trained, "--input_file", tmp_path / "reviews.txt"], check=False)
+    assert result.returncode == 0
+    assert [json.loads(line)["index"] for line in result.stdout.splitlines()] == [0, 3]
+    assert (f"{tmp_path / 'reviews.txt'}: skipped 2 blank line(s) (0-based: 1, 2); the output keeps the input's line "
+            "numbers") in result.stderr
