@@ -33,8 +33,9 @@ from metrics import EVAL_SCALARS, classification_metrics, format_report
 from model import AUTOCAST_DTYPES, load_classifier, load_tokenizer, parameter_groups, resolve_max_length
 from training.checkpoints import (config_differences, list_checkpoints, load_training_state, prune_checkpoints,
                                   save_checkpoint)
-from training.config import (DEBUG_EVAL_ROWS, DEBUG_EVAL_STEPS, DEBUG_TRAIN_ROWS, Plan, data_flag, debug_flag,
-                             eval_flag, flag, make_plan, model_flag, optim_flag, output_flag, parse_config, speed_flag)
+from training.config import (DEBUG_EVAL_ROWS, DEBUG_EVAL_STEPS, DEBUG_MAX_LENGTH, DEBUG_TRAIN_ROWS, Plan, data_flag,
+                             debug_flag, eval_flag, flag, make_plan, model_flag, optim_flag, output_flag, parse_config,
+                             speed_flag)
 from training.environment import check_process_group, configure_logging, use_the_cores
 from training.errors import RunError, one_line_errors
 from training.outputs import check_output_dir, open_output_dir, save_model, write_results
@@ -95,6 +96,8 @@ class Config:
                                            choices=list(EVAL_SCALARS))
     load_best_model_at_end: bool = eval_flag(False, "the final model in output_dir is the best evaluation's, not the "
                                                     "last step's")
+    save_best_model: bool = eval_flag(False, "also keep the best evaluation's model in output_dir/best (a second full "
+                                             "copy; never kept when it is the final model)")
     early_stopping_patience: int | None = eval_flag(None, "stop after this many evaluations without improving "
                                                           "--metric_for_best_model")
     output_dir: str = output_flag("result")
@@ -114,9 +117,9 @@ class Config:
                                                  "--mixed_precision)")
     dataloader_num_workers: int = speed_flag(0, "worker processes for each DataLoader; 0 loads in the main process "
                                                 "(debuggers can follow)")
-    debug: bool = debug_flag(False, f"{DEBUG_TRAIN_ROWS} train / {DEBUG_EVAL_ROWS} eval rows, 1 epoch, evaluate every "
-                                    f"{DEBUG_EVAL_STEPS} steps, log every step, autograd anomaly detection, full "
-                                    "tracebacks")
+    debug: bool = debug_flag(False, f"{DEBUG_TRAIN_ROWS} train / {DEBUG_EVAL_ROWS} eval rows of at most "
+                                    f"{DEBUG_MAX_LENGTH} tokens, 1 epoch, evaluate every {DEBUG_EVAL_STEPS} steps, log "
+                                    "every step, autograd anomaly detection, full tracebacks")
 
 
 def parse_args(argv=None) -> Config:
@@ -405,7 +408,8 @@ def evaluate_and_track(run: Run, epoch: int) -> dict:
     run.telemetry.evaluated(metrics, state.completed_steps)
     if state.tracker.update(metrics, epoch, state.completed_steps):
         run.predictions["best"] = run.predictions["last"]
-        save_model(run.model, run.data.tokenizer, run.accelerator, run.output_dir / "best")
+        if run.config.load_best_model_at_end or run.config.save_best_model:  # a full copy: only when asked for
+            save_model(run.model, run.data.tokenizer, run.accelerator, run.output_dir / "best")
     state.history["best"] = best = state.tracker.best
     metric = run.config.metric_for_best_model
     logger.info(f"step {state.completed_steps}: eval {metric} {metrics[metric]:.4f} (best {best['value']:.4f} at "
@@ -463,6 +467,10 @@ def finish(run: Run, start_time: float) -> None:
             history["after"], run.predictions["last"] = evaluate(run.model, run.eval_batches, accelerator,
                                                                  run.data.label_names)
         save_model(run.model, run.data.tokenizer, accelerator, run.output_dir)
+    best_is_final = config.load_best_model_at_end or (state.tracker.best or {}).get("step") == state.completed_steps
+    if accelerator.is_main_process and best_is_final and (run.output_dir / "best").is_dir():
+        shutil.rmtree(run.output_dir / "best")  # the same weights as the final model: no second copy
+        logger.info(f"The best evaluation's model is the final model in {run.output_dir}: no separate best/")
     if accelerator.is_main_process:
         history |= {"config": run.record, "speed": speed, "runtime_seconds": round(time.perf_counter() - start_time, 2)}
         final = run.predictions["best" if config.load_best_model_at_end else "last"]

@@ -30,6 +30,8 @@ def parse_args(argv=None):
     parser.add_argument("--out", required=True, help="where the table, the JSON and the runs go")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every row count (a quick CPU dry run)")
     parser.add_argument("--skip_bench", action="store_true", help="leave out bench/trainer_vs_loop.py")
+    parser.add_argument("--precision", default="bf16", help="of the resume and GPT-2 runs (a CPU dry run without bf16 "
+                                                            "instructions: no)")
     return parser.parse_args(argv)
 
 
@@ -82,7 +84,7 @@ def kill_and_resume(args, work: Path, log: Path) -> dict:
     from safetensors.torch import load_file
 
     every = min(10, max(1, rows(400, args.scale) // 16))  # 50 steps in all; a dry run's few steps: half of them
-    common = ["--checkpointing_steps", every, "--mixed_precision", "bf16"]
+    common = ["--checkpointing_steps", every, "--mixed_precision", args.precision]
     a, b = work / "resume-a", work / "resume-b"
     run(train_command(args, "minilm", a, 400, 200, *common), log)
     command = train_command(args, "minilm", b, 400, 200, *common)
@@ -99,7 +101,7 @@ def kill_and_resume(args, work: Path, log: Path) -> dict:
     weights_a, weights_b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     max_difference = max((weights_a[k].float() - weights_b[k].float()).abs().max().item() for k in weights_a)
     logs = [[json.loads(line)["loss"] for line in (d / "log.jsonl").read_text().splitlines()] for d in (a, b)]
-    return {"check": f"kill after checkpoint step_{every}, resume (MiniLM bf16)", "killed_mid_run": killed,
+    return {"check": f"kill after checkpoint step_{every}, resume (MiniLM {args.precision})", "killed_mid_run": killed,
             "after_equal": metrics_a["after"] == metrics_b["after"], "after_a": metrics_a["after"]["accuracy"],
             "after_b": metrics_b["after"]["accuracy"], "max_loss_difference": max(
                 abs(x - y) for x, y in zip(*logs)), "max_weight_difference": max_difference}
@@ -127,7 +129,8 @@ def predict_agrees(args, work: Path, log: Path) -> dict:
 
 def gpt2_with_profile(args, work: Path, log: Path) -> dict:
     out = work / "gpt2"
-    run(train_command(args, "gpt2", out, 400, 200, "--mixed_precision", "bf16", "--max_length", 256,
+    rows_needed = max(400, int(48 / args.scale))  # the profiler waits 1 step, warms up 1, records 3
+    run(train_command(args, "gpt2", out, rows_needed, 200, "--mixed_precision", args.precision, "--max_length", 256,
                       "--profile_steps", 3), log)
     config = json.loads((out / "config.json").read_text())
     trace = json.loads((out / "profile_trace.json").read_text())["traceEvents"]

@@ -86,7 +86,8 @@ def test_resume_without_a_checkpoint_says_so_in_one_line(tiny_bert, small_imdb, 
 def checkpointed_run(tiny_bert, small_imdb, tmp_path_factory):
     out = tmp_path_factory.mktemp("checkpointed")
     run_train(common(tiny_bert, small_imdb) + ["--output_dir", out, "--checkpointing_steps", 5,
-                                               "--save_total_limit", 2, "--metric_for_best_model", "loss"])
+                                               "--save_total_limit", 2, "--metric_for_best_model", "loss",
+                                               "--save_best_model"])
     return out
 
 
@@ -111,7 +112,10 @@ def test_best_model_is_saved_with_where_it_came_from(checkpointed_run, small_imd
     losses = [e["loss"] for e in metrics["evaluations"]]
     best = metrics["evaluations"][losses.index(min(losses))]  # loss: lower is better
     assert metrics["best"] == {"metric": "loss", "value": best["loss"], "epoch": best["epoch"], "step": best["step"]}
-    reloaded = without_predictions(evaluate_saved(checkpointed_run / "best", small_imdb, 48, 64))
+    # best/ is kept only when it is not the final model (then the final model is the best's).
+    saved = checkpointed_run / "best" if best["step"] != metrics["epochs"][-1]["step"] else checkpointed_run
+    assert (checkpointed_run / "best").is_dir() == (saved != checkpointed_run)
+    reloaded = without_predictions(evaluate_saved(saved, small_imdb, 48, 64))
     assert reloaded == pytest.approx({k: v for k, v in best.items() if k not in ("epoch", "step", "seconds")}, rel=1e-5)
 
 
@@ -122,8 +126,10 @@ def test_load_best_model_at_end_makes_the_best_the_final_model(tiny_bert, small_
     metrics, _ = read_outputs(tmp_path)
     best = next(e for e in metrics["evaluations"] if e["step"] == metrics["best"]["step"])
     assert metrics["after"] == {k: v for k, v in best.items() if k not in ("epoch", "step", "seconds")}
-    final, best_weights = load_file(tmp_path / "model.safetensors"), load_file(tmp_path / "best" / "model.safetensors")
-    assert all(torch.equal(final[name], best_weights[name]) for name in final)
+    # The final model is the best one, so no second copy of it is kept; it reproduces the best evaluation.
+    assert not (tmp_path / "best").exists()
+    reloaded = without_predictions(evaluate_saved(tmp_path, small_imdb, 48, 64))
+    assert reloaded == pytest.approx(metrics["after"], rel=1e-5)
 
 
 def test_early_stopping_on_step_evaluations(tiny_bert, small_imdb, tmp_path):
@@ -200,3 +206,14 @@ def test_resume_from_an_epoch_checkpoint_matches_the_full_run(tiny_bert, small_i
     assert metrics_b == metrics_a
     # A fresh output_dir holds only what the resumed run logged: steps 17 to 32.
     assert [r["step"] for r in read_outputs(tmp_path / "b")[1]] == list(range(17, 33))
+
+
+def test_best_is_written_only_when_asked_for(tiny_bert, small_imdb, tmp_path):
+    """A second full copy of the model (440 MB for bert-base) only with --save_best_model or --load_best_model_at_end."""
+    args = common(tiny_bert, small_imdb) + ["--eval_strategy", "steps", "--eval_steps", 4, "--max_train_steps", 8,
+                                            "--metric_for_best_model", "loss", "--learning_rate", 5e-2]
+    run_train(args + ["--output_dir", tmp_path / "plain"])
+    assert not (tmp_path / "plain" / "best").exists()
+    run_train(args + ["--output_dir", tmp_path / "kept", "--save_best_model"])
+    metrics, _ = read_outputs(tmp_path / "kept")
+    assert (tmp_path / "kept" / "best").is_dir() == (metrics["best"]["step"] != 8)

@@ -16,7 +16,7 @@ import yaml
 
 from training.telemetry import trackers_for
 
-DEBUG_TRAIN_ROWS, DEBUG_EVAL_ROWS, DEBUG_EVAL_STEPS = 64, 32, 4  # --debug: a run of seconds
+DEBUG_TRAIN_ROWS, DEBUG_EVAL_ROWS, DEBUG_EVAL_STEPS, DEBUG_MAX_LENGTH = 64, 32, 4, 128  # --debug: a run of seconds
 
 
 def flag(default, help: str = "", *, group: str | None, choices=None):
@@ -132,7 +132,8 @@ def debug_values(values: dict) -> dict:
         return min(values[name], limit) if values[name] > 0 else limit
 
     changed = {"train_samples": capped("train_samples", DEBUG_TRAIN_ROWS),
-               "eval_samples": capped("eval_samples", DEBUG_EVAL_ROWS), "num_train_epochs": 1, "logging_steps": 1}
+               "eval_samples": capped("eval_samples", DEBUG_EVAL_ROWS), "num_train_epochs": 1, "logging_steps": 1,
+               "max_length": values["max_length"] or DEBUG_MAX_LENGTH}  # 512-token reviews took ~100 s on MiniLM
     if values["eval_strategy"] != "no":
         changed |= {"eval_strategy": "steps", "eval_steps": values["eval_steps"] or DEBUG_EVAL_STEPS}
     return changed
