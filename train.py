@@ -44,7 +44,8 @@ from training.telemetry import Telemetry, trackers_for
 
 logger = logging.getLogger("train")
 # The transformers schedules that need nothing but the step count (not reduce_lr_on_plateau, which needs metrics).
-SCHEDULES = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"]
+SCHEDULES = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+             "inverse_sqrt"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class Config:
     label_names: tuple[str, ...] | None = data_flag(None, "a name for each class, in the order of their ids (the "
                                                           "sorted label values), e.g. World Sports Business Sci/Tech; "
                                                           "saved as the model's id2label")
+    validation_split_percentage: int | None = data_flag(None, "data with a train split only: hold out this % of its "
+                                                              "rows (seeded by --subset_seed) as the eval split")
     train_samples: int = data_flag(5000, "rows of the train split; <= 0: all")
     eval_samples: int = data_flag(5000, "rows of the test/validation split; <= 0: all")
     subset_seed: int = data_flag(42, "the subset is split.shuffle(seed).select(range(n))")
@@ -141,7 +144,8 @@ class Loaded(NamedTuple):
 def load_data_and_model(config: Config, accelerator) -> Loaded:
     """Tokenized train/eval subsets, label names, tokenizer and classifier; bad input is one line and exit code 1."""
     with one_line_errors(config.debug):
-        splits, label_names = load_splits(config.dataset_name, config.text_column, config.label_column)
+        splits, label_names = load_splits(config.dataset_name, config.text_column, config.label_column,
+                                          config.validation_split_percentage, config.subset_seed)
         label_names = rename_classes(config.label_names, label_names)
         # Pick the subset before tokenizing: only the rows we use are tokenized.
         train_rows = select_subset(splits["train"], config.train_samples, config.subset_seed)

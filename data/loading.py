@@ -28,14 +28,16 @@ NO_ROWS = "no rows (only a header?); every split needs labelled texts"
 logger = logging.getLogger(__name__)
 
 
-def load_splits(name: str, text_column: str | None = None, label_column: str | None = None):
-    """Return (DatasetDict with `train` and `eval`, each with columns `text` and `label`; the label names)."""
+def load_splits(name: str, text_column: str | None = None, label_column: str | None = None,
+                validation_split_percentage: int | None = None, seed: int = 42):
+    """Return (DatasetDict with `train` and `eval`, each with columns `text` and `label`; the label names). Data with a
+    train split only gets its eval split from `validation_split_percentage` % of the train rows (seeded)."""
     path = Path(name).expanduser()
     if path.is_dir() and _aclimdb_root(path) is not None:
         root = _aclimdb_root(path)
         raw, origins = _load_aclimdb(root), {"train": f"{root}/train", "eval": f"{root}/test"}
     elif path.exists():
-        raw, origins = _load_files(path)
+        raw, origins = _load_files(path, need_eval=not validation_split_percentage)
     elif _looks_like_path(name) or _hub_is_off():
         where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
         hub = "" if _looks_like_path(name) else ("; the Hub is off (HF_HUB_OFFLINE), so it was not looked up there: "
@@ -44,7 +46,22 @@ def load_splits(name: str, text_column: str | None = None, label_column: str | N
     else:
         raw = _load_hub(name)
         origins = {split: f"{name} ({split} split)" for split in raw}
+    if validation_split_percentage:
+        raw, origins = _hold_out(raw, origins, validation_split_percentage, seed)
     return _normalize(raw, name, origins, text_column, label_column)
+
+
+def _hold_out(raw: DatasetDict, origins: dict, percentage: int, seed: int) -> tuple[DatasetDict, dict]:
+    """An eval split of `percentage` % of the train rows, as the Hugging Face examples make one; only where the data
+    has no test or validation split of its own."""
+    if any(split in raw for split in ("eval", *EVAL_SPLITS)):
+        logger.info(f"--validation_split_percentage {percentage} not used: the data has its own eval split")
+        return raw, origins
+    parts = raw["train"].train_test_split(test_size=percentage / 100, seed=seed)
+    logger.info(f"eval split: {len(parts['test']):,} rows ({percentage}%) held out of the {len(raw['train']):,} train "
+                f"rows (seed {seed}); training on the other {len(parts['train']):,}")
+    held_out = f"{origins['train']} (the {percentage}% held out)"
+    return DatasetDict(train=parts["train"], eval=parts["test"]), origins | {"eval": held_out}
 
 
 def select_subset(split: Dataset, num_rows: int, seed: int) -> Dataset:
@@ -91,7 +108,7 @@ def _split_of(file: Path) -> str | None:
     return match["split"] if match else None
 
 
-def _load_files(path: Path) -> tuple[DatasetDict, dict]:
+def _load_files(path: Path, need_eval: bool = True) -> tuple[DatasetDict, dict]:
     """The split files: exactly `SPLIT.EXT` (or the Hub's shards of it), one folder per split; other files are left
     out, and said so. A single file is the train split; its test or validation partner is found beside it."""
     if path.is_file():
@@ -113,10 +130,12 @@ def _load_files(path: Path) -> tuple[DatasetDict, dict]:
             splits["eval"] = files
             break
     else:
-        raise FileNotFoundError(
-            f"--dataset_name {path}: no test or validation split found beside the train data; "
-            f"add a test{splits['train'][0].suffix} or validation{splits['train'][0].suffix} file"
-        )
+        if need_eval:
+            raise FileNotFoundError(
+                f"--dataset_name {path}: no test or validation split found beside the train data; add a "
+                f"test{splits['train'][0].suffix} or validation{splits['train'][0].suffix} file, or pass "
+                "--validation_split_percentage 10 to hold out 10% of the train rows"
+            )
     for split, files in splits.items():
         if len({f.parent for f in files}) > 1:
             raise ValueError(f"--dataset_name {path}: {len(files)} files for the {split} split in different folders "
@@ -208,7 +227,8 @@ def _normalize(raw: DatasetDict, source: str, origins: dict, text_column: str | 
     if "eval" not in raw:
         eval_split = next((s for s in EVAL_SPLITS if s in raw), None)
         if eval_split is None:
-            raise ValueError(f"--dataset_name {source}: no test or validation split (splits: {list(raw)})")
+            raise ValueError(f"--dataset_name {source}: no test or validation split (splits: {list(raw)}); pass "
+                             "--validation_split_percentage 10 to hold out 10% of the train rows")
         raw = DatasetDict(train=raw["train"], eval=raw[eval_split])
         origins = origins | {"eval": origins[eval_split]}
     raw = DatasetDict(train=raw["train"], eval=raw["eval"])

@@ -67,7 +67,8 @@ CASES = {
                            "{data}/test.csv: no rows (only a header?); every split needs labelled texts"),
     "no eval split": (lambda d: data_dir(d, test=None),
                       "--dataset_name {data}: no test or validation split found beside the train data; add a test.csv "
-                      "or validation.csv file"),
+                      "or validation.csv file, or pass --validation_split_percentage 10 to hold out 10% of the train "
+                      "rows"),
 }
 
 

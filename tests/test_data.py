@@ -204,3 +204,15 @@ def test_a_missing_relative_path_says_where_it_looked_when_the_hub_is_off(tmp_pa
     assert str(error.value) == (f"--dataset_name data/imdb: no such file or directory (relative to {tmp_path}); the "
                                 "Hub is off (HF_HUB_OFFLINE), so it was not looked up there: pass a local directory "
                                 "or file, or go online")
+
+
+def test_a_train_split_alone_gets_a_seeded_held_out_eval_split(tmp_path):
+    frame = pd.DataFrame({"text": [f"review {i}" for i in range(40)], "label": [i % 2 for i in range(40)]})
+    write(frame, tmp_path / "reviews.csv", "csv")  # one file, no partner
+    splits, _ = load_splits(str(tmp_path / "reviews.csv"), validation_split_percentage=25, seed=42)
+    again, _ = load_splits(str(tmp_path / "reviews.csv"), validation_split_percentage=25, seed=42)
+    assert (len(splits["train"]), len(splits["eval"])) == (30, 10)
+    assert sorted(splits["train"]["text"][:] + splits["eval"]["text"][:]) == sorted(frame.text)  # a partition
+    assert splits["eval"]["text"][:] == again["eval"]["text"][:]  # seeded
+    with pytest.raises(FileNotFoundError, match="or pass --validation_split_percentage 10 to hold out 10% of the train"):
+        load_splits(str(tmp_path / "reviews.csv"))

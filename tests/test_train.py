@@ -180,3 +180,17 @@ def test_lr_scheduler_type_and_the_gradient_norm_in_the_log(tiny_bert, small_imd
     run_train(common + ["--output_dir", tmp_path / "unclipped", "--lr_scheduler_type", "cosine", "--max_grad_norm", 0])
     _, unclipped = read_outputs(tmp_path / "unclipped")
     assert unclipped[0]["grad_norm"] == pytest.approx(norms[0], rel=1e-6) and len(unclipped) == 8
+
+
+def test_validation_split_percentage_trains_on_a_single_file(tiny_bert, small_imdb, tmp_path):
+    import pandas as pd
+
+    pd.read_parquet(small_imdb / "train.parquet").to_csv(tmp_path / "reviews.csv", index=False)
+    result = run_train(["--model_name_or_path", tiny_bert, "--dataset_name", tmp_path / "reviews.csv", "--output_dir",
+                        tmp_path / "out", "--validation_split_percentage", 25, "--train_samples", 0, "--eval_samples",
+                        0, "--max_train_steps", 1, *TINY])
+    assert "eval split: 16 rows (25%) held out of the 64 train rows (seed 42); training on the other 48" in result.stderr
+    metrics, _ = read_outputs(tmp_path / "out")
+    assert (metrics["config"]["train_rows"], metrics["config"]["eval_rows"]) == (48, 16)
+    bad = run_train(["--validation_split_percentage", 100], check=False)
+    assert bad.returncode == 2 and "--validation_split_percentage must be between 1 and 99, got 100" in bad.stderr

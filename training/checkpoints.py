@@ -16,8 +16,8 @@ STATE_FILE = "training_state.json"
 # Settings (as given, plus the process count) that change the data, the batches or the schedule: resuming with other
 # values would not continue the run but start a different one from the middle.
 RESUME_KEYS = (
-    "model_name_or_path", "dataset_name", "text_column", "label_column", "train_samples", "eval_samples", "subset_seed",
-    "max_length", "truncation_keep", "head_tokens", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "model_name_or_path", "dataset_name", "text_column", "label_column", "validation_split_percentage",
+    "train_samples", "eval_samples", "subset_seed", "max_length", "truncation_keep", "head_tokens", "per_device_train_batch_size", "gradient_accumulation_steps",
     "num_processes", "learning_rate", "weight_decay", "num_train_epochs", "max_train_steps", "num_warmup_steps",
     "warmup_ratio", "lr_scheduler_type", "seed",
 )

@@ -170,6 +170,9 @@ def check(values: dict, parser: argparse.ArgumentParser) -> None:
     for name in ("early_stopping_patience", "save_total_limit"):
         if values[name] is not None and values[name] <= 0:
             parser.error(f"--{name} must be positive, got {values[name]}")
+    percentage = values["validation_split_percentage"]
+    if percentage is not None and not 0 < percentage < 100:
+        parser.error(f"--validation_split_percentage must be between 1 and 99, got {percentage}")
     if values["dataloader_num_workers"] < 0:
         parser.error(f"--dataloader_num_workers must be >= 0, got {values['dataloader_num_workers']}")
     try:
