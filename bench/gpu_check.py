@@ -146,7 +146,8 @@ def trainer_bench(args, work: Path, log: Path) -> dict:
     run([sys.executable, "bench/trainer_vs_loop.py", "--model", Path(args.models) / "minilm", "--dataset", args.data,
          "--train_samples", rows(500, args.scale), "--eval_samples", rows(500, args.scale), "--precisions", "fp32",
          "--results_dir", results], log, timeout=400)
-    return {"check": "bench/trainer_vs_loop.py, 500/500 rows fp32", "table": (results / "table.md").read_text()}
+    return {"check": f"bench/trainer_vs_loop.py, {rows(500, args.scale)}/{rows(500, args.scale)} rows fp32",
+            "table": (results / "table.md").read_text()}
 
 
 def describe() -> dict:
