@@ -61,7 +61,7 @@ class Config:
     label_names: tuple[str, ...] | None = data_flag(None, "a name for each class, in the order of their ids (the "
                                                           "sorted label values), e.g. World Sports Business Sci/Tech; "
                                                           "saved as the model's id2label")
-    validation_split_percentage: int | None = data_flag(None, "data with a train split only: hold out this % of its "
+    validation_split_percentage: int | None = data_flag(None, "data with a train split only: hold out this %% of its "
                                                               "rows (seeded by --subset_seed) as the eval split")
     train_samples: int = data_flag(5000, "rows of the train split; <= 0: all")
     eval_samples: int = data_flag(5000, "rows of the test/validation split; <= 0: all")

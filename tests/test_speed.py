@@ -55,7 +55,7 @@ def test_plain_accelerate_launch_uses_the_cores_unless_told(tiny_bert, small_imd
 
     threads = os.cpu_count()
     assert f"accelerate launch set OMP_NUM_THREADS=1; using {threads} threads per process" in launch([], tmp_path / "a")
-    assert "using" not in launch(["--num_cpu_threads_per_process", "1"], tmp_path / "b")
+    assert "threads per process" not in launch(["--num_cpu_threads_per_process", "1"], tmp_path / "b")
 
 
 def test_bf16_on_the_cpu_trains_close_to_fp32(tiny_bert, small_imdb, tmp_path):
