@@ -217,3 +217,17 @@ def test_best_is_written_only_when_asked_for(tiny_bert, small_imdb, tmp_path):
     run_train(args + ["--output_dir", tmp_path / "kept", "--save_best_model"])
     metrics, _ = read_outputs(tmp_path / "kept")
     assert (tmp_path / "kept" / "best").is_dir() == (metrics["best"]["step"] != 8)
+
+
+def test_a_checkpoint_state_from_before_train_state_still_loads():
+    """The sums used to sit under "running" (and there was no step_loss): such a checkpoint still resumes."""
+    from training.state import TrainState
+
+    old = {"epoch": 1, "batches_done": 3, "completed_steps": 19, "history": {"before": {"accuracy": 0.5}},
+           "tracker": {"best": None, "evaluations_without_improvement": 0}, "settings": {},
+           "running": {"epoch_loss": 2.5, "epoch_rows": 12, "window_loss": 0.75, "window_rows": 4}}
+    state = TrainState(BestTracker("accuracy"), torch.device("cpu"))
+    state.load_state_dict(old, is_main=True)
+    assert (state.epoch, state.batches_done, state.completed_steps, state.epoch_rows, state.window_rows) == (1, 3, 19,
+                                                                                                          12, 4)
+    assert (state.epoch_loss.item(), state.window_loss.item(), state.step_loss.item()) == (2.5, 0.75, 0.0)

@@ -105,10 +105,11 @@ class TrainState:
         return plain | dict(zip(sums, totals)) | {"tracker": self.tracker.state_dict()}
 
     def load_state_dict(self, saved: dict, is_main: bool) -> None:
+        saved = saved | saved.get("running", {})  # checkpoints from before TrainState kept the sums under "running"
         self.tracker.load_state_dict(saved["tracker"])
         sums = self._sums()
         for f in fields(self):
             if f.name in sums:  # reductions add every process's share: the sum lives on one process
-                setattr(self, f.name, torch.tensor(saved[f.name] if is_main else 0.0, device=self.device))
+                setattr(self, f.name, torch.tensor(saved.get(f.name, 0.0) if is_main else 0.0, device=self.device))
             elif f.name not in self.NOT_SAVED:
                 setattr(self, f.name, saved[f.name])
