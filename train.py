@@ -135,6 +135,7 @@ class Loaded(NamedTuple):
     train_tokens: object  # datasets.Dataset: input_ids, attention_mask, ..., labels (not padded)
     eval_tokens: object
     label_names: list[str]
+    columns: dict  # the source's text and label columns
     tokenizer: object
     classifier: torch.nn.Module
     max_length: int
@@ -164,7 +165,7 @@ def load_data_and_model(config: Config, accelerator) -> Loaded:
     with accelerator.main_process_first():  # the main process fills the datasets cache; the others read it
         train_tokens, eval_tokens = (tokenize(rows, tokenizer, max_length, config.truncation_keep, config.head_tokens)
                                      for rows in (train_rows, eval_rows))
-    return Loaded(train_tokens, eval_tokens, label_names, tokenizer, classifier, max_length,
+    return Loaded(train_tokens, eval_tokens, label_names, splits.columns, tokenizer, classifier, max_length,
                   round(time.perf_counter() - start, 3))
 
 
@@ -224,7 +225,8 @@ def main(config: Config) -> None:
     accelerator.register_for_checkpointing(lr_scheduler)
     settings = asdict(config) | {"max_length": plan.max_length, "num_processes": plan.num_processes}
     record = settings | {"trackers": trackers, "mixed_precision": accelerator.mixed_precision} | asdict(plan) | {
-        "label_names": data.label_names, "train_rows": len(data.train_tokens), "eval_rows": len(data.eval_tokens)}
+        "label_names": data.label_names, "train_rows": len(data.train_tokens), "eval_rows": len(data.eval_tokens),
+        "text_column": data.columns["text"], "label_column": data.columns["label"]}  # the columns used, not null
     logger.info(f"Training {len(data.train_tokens)} rows, evaluating {len(data.eval_tokens)}: {plan.num_train_epochs} "
                 f"epochs, {plan.max_train_steps} optimizer steps of {plan.total_train_batch_size} rows "
                 f"({plan.num_processes} processes x {config.per_device_train_batch_size} x "

@@ -221,6 +221,14 @@ def check_rows(rows: Dataset, text: str, label: str | None, origin: str) -> None
                              "fill or remove that row")
 
 
+class Splits(DatasetDict):
+    """`train` and `eval`, each with a `text` and a `label` column; `columns` names the source's columns they are."""
+
+    def __init__(self, splits: DatasetDict, columns: dict):
+        super().__init__(splits)
+        self.columns = columns
+
+
 def _normalize(raw: DatasetDict, source: str, origins: dict, text_column: str | None, label_column: str | None):
     if "train" not in raw:
         raise ValueError(f"--dataset_name {source}: no train split (splits: {list(raw)})")
@@ -248,7 +256,8 @@ def _normalize(raw: DatasetDict, source: str, origins: dict, text_column: str | 
     if (text, label) != ("text", "label"):
         raw = raw.rename_columns({text: "text", label: "label"})
 
-    return _label_classes(raw, source, origins)
+    splits, names = _label_classes(raw, source, origins)
+    return Splits(splits, columns={"text": text, "label": label}), names
 
 
 def _label_classes(raw: DatasetDict, source: str, origins: dict) -> tuple[DatasetDict, list[str]]:

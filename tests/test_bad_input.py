@@ -105,6 +105,8 @@ def test_string_labels_under_another_column_name_are_mapped(tiny_bert, tmp_path)
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "neg", "1": "pos"}
     assert json.loads((out / "metrics.json").read_text())["after"]["rows"] == 4
+    recorded = json.loads((out / "metrics.json").read_text())["config"]  # the columns found, not null
+    assert (recorded["text_column"], recorded["label_column"]) == ("review", "sentiment")
 
 
 @pytest.mark.parametrize("model, message", [
