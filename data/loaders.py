@@ -19,7 +19,8 @@ def pin_memory_for(device: torch.device) -> bool:
 def to_device(batch, device: torch.device) -> dict:
     """Every tensor of a batch on `device` (an asynchronous copy from pinned memory on CUDA)."""
     device = torch.device(device)
-    return {name: value.to(device, non_blocking=pin_memory_for(device)) for name, value in batch.items()}
+    non_blocking = pin_memory_for(device)
+    return {name: value.to(device, non_blocking=non_blocking) for name, value in batch.items()}
 
 
 def on_device(loader, device: torch.device):
@@ -41,10 +42,11 @@ def length_order(lengths: list[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
-def eval_loader(rows, batch_size: int, collator, num_workers: int, device: torch.device) -> DataLoader:
+def eval_loader(rows, batch_size: int, collator, num_workers: int, device: torch.device,
+                lengths: list[int] | None = None) -> DataLoader:
     """Tokenized rows (a datasets.Dataset) in length order, each with its input position as `row`, so predictions can
-    be put back in input order."""
-    order = length_order([len(ids) for ids in rows["input_ids"]])
+    be put back in input order. `lengths`: the rows' token counts, when the caller has them already."""
+    order = length_order(lengths if lengths is not None else [len(ids) for ids in rows["input_ids"]])
     ordered = rows.add_column("row", list(range(len(rows)))).select(order)
     return DataLoader(ordered, batch_size=batch_size, collate_fn=collator, num_workers=num_workers,
                       pin_memory=pin_memory_for(device), generator=torch.Generator())

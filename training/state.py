@@ -94,7 +94,7 @@ class TrainState:
             self.epoch_rows = 0
 
     def reset_window(self) -> None:
-        self.window_loss = torch.zeros_like(self.window_loss)
+        self.window_loss.zero_()
         self.window_rows = 0
 
     def state_dict(self, accelerator) -> dict:
