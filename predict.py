@@ -12,6 +12,7 @@ model was trained (--max_length, --truncation_keep and --head_tokens saved by tr
 --output_file, each row also has its true_label, so two models' files can be compared with `python -m metrics.compare`.
 """
 
+import argparse
 import contextlib
 import csv
 import json
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from data import (
     FILE_FORMATS,
@@ -32,11 +33,13 @@ from data import (
     encode,
     eval_loader,
     find_column,
+    padding_collator,
     read_table,
     to_device,
 )
 from metrics import classification_metrics, format_report
-from model import AUTOCAST_DTYPES, pad_with_eos
+from model import (AUTOCAST_DTYPES, BUCKET_MULTIPLE, COMPILE_MODES, compile_classifier, pad_with_eos,
+                   prefer_fast_attention, resolve_speed)
 from training.config import Parser
 from training.errors import one_line_errors
 
@@ -50,19 +53,27 @@ def parse_args(argv=None):
     parser.add_argument("--label_column", default=None, help="with --evaluate; default: the first of "
                         + ", ".join(LABEL_COLUMNS))
     parser.add_argument("--output_file", default=None, help=".jsonl or .csv; default: JSONL to stdout")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=None, help="default: 8 on a CPU, 64 on a GPU (as train.py "
+                        "evaluates)")
     parser.add_argument("--max_length", type=int, default=None, help="default: the length the model was trained with")
     parser.add_argument("--truncation_keep", choices=KEEP_CHOICES, default=None,
                         help="which tokens of a long text to keep; default: what the model was trained with (or head)")
     parser.add_argument("--head_tokens", type=int, default=None, help="with head_tail; default: as trained (or 128)")
     parser.add_argument("--mixed_precision", choices=list(AUTOCAST_DTYPES), default="no",
                         help="autocast the forward pass (bf16 is several times faster on recent CPUs and GPUs)")
+    parser.add_argument("--torch_compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="compile the model (default: on for a GPU, off on a CPU)")
+    parser.add_argument("--torch_compile_mode", choices=COMPILE_MODES, default="default")
+    parser.add_argument("--pad_to_multiple_of", type=int, default=None,
+                        help=f"pad each batch to a multiple of N tokens (default: {BUCKET_MULTIPLE} with a CUDA-graph "
+                             "--torch_compile_mode, else 1)")
     parser.add_argument("--evaluate", action="store_true", help="the input has labels: print the four metrics")
     args = parser.parse_args(argv)
     if args.text and args.input_file:
         parser.error("give --text or --input_file, not both")
-    if args.batch_size <= 0:
-        parser.error(f"--batch_size must be positive, got {args.batch_size}")
+    for name in ("batch_size", "pad_to_multiple_of"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     if args.output_file and Path(args.output_file).suffix not in (".jsonl", ".csv"):
         parser.error(f"--output_file {args.output_file}: use a .jsonl or .csv name")
     if args.evaluate and not args.input_file:
@@ -105,11 +116,13 @@ def non_blank_lines(content: str, source: str) -> tuple[list[str], None, list[in
 
 @torch.no_grad()
 def predict(model, tokenizer, texts: list[str], batch_size: int, max_length: int, keep: str = "head",
-            head_tokens: int = 128, mixed_precision: str = "no") -> torch.Tensor:
-    """Class probabilities, one row per text in input order; batches are formed in length order (as in train.py)."""
+            head_tokens: int = 128, mixed_precision: str = "no", pad_to_multiple_of: int = 1) -> torch.Tensor:
+    """Class probabilities, one row per text in input order; batches are formed in length order and padded as in
+    train.py's evaluation (to their longest row, or to a bucket length)."""
     encoded = Dataset.from_dict(encode(texts, tokenizer, max_length, keep, head_tokens))
     device = next(model.parameters()).device
-    loader = eval_loader(encoded, batch_size, DataCollatorWithPadding(tokenizer), 0, device)
+    collator = padding_collator(tokenizer, pad_to_multiple_of, max_length)
+    loader = eval_loader(encoded, batch_size, collator, 0, device)
     probabilities = torch.empty(len(texts), model.config.num_labels)
     autocast = (torch.autocast(device.type, dtype=AUTOCAST_DTYPES[mixed_precision]) if mixed_precision != "no"
                 else contextlib.nullcontext())
@@ -182,9 +195,16 @@ def main(args) -> None:
         keep = args.truncation_keep or getattr(model.config, "truncation_keep", "head")
         head_tokens = args.head_tokens if args.head_tokens is not None else getattr(model.config, "head_tokens", 128)
         check_head_tokens(keep, head_tokens, max_length, tokenizer)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    probabilities = predict(model, tokenizer, texts, args.batch_size, max_length, keep, head_tokens,
-                            args.mixed_precision)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    # train.py's evaluation path: the same defaults per device, buckets when compiling, no cuDNN attention on a GPU.
+    compiled, multiple, batch_size = resolve_speed(device, args.torch_compile, args.torch_compile_mode,
+                                                   args.pad_to_multiple_of, args.batch_size)
+    prefer_fast_attention(device)
+    if compiled:
+        compile_classifier(model, args.torch_compile_mode)
+    probabilities = predict(model, tokenizer, texts, batch_size, max_length, keep, head_tokens, args.mixed_precision,
+                            multiple)
     if args.output_file or not args.evaluate:
         write_predictions(probabilities, model.config.id2label, args.output_file, labels, positions)
     if labels is not None:

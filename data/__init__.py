@@ -13,7 +13,8 @@ from data.loading import (
     select_subset,
     tokenize,
 )
-from data.loaders import eval_loader, length_order, on_device, pin_memory_for, to_device, train_loader
+from data.loaders import (eval_loader, length_order, on_device, padding_collator, pin_memory_for, to_device,
+                          train_loader)
 from data.truncation import KEEP_CHOICES, check_head_tokens, encode
 from data.sampling import (
     WeightedRows,
@@ -32,6 +33,7 @@ __all__ = [
     "eval_loader",
     "length_order",
     "on_device",
+    "padding_collator",
     "pin_memory_for",
     "train_loader",
     "LABEL_COLUMNS",

@@ -5,8 +5,12 @@ where they iterate, so a reader of the hot path sees the copy. On CUDA the loade
 memory and the copy is asynchronous (`non_blocking`): the GPU need not wait for the host between steps.
 """
 
+import dataclasses
+import math
+
 import torch
 from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
 
 from data.sampling import WeightedRows
 
@@ -27,6 +31,28 @@ def on_device(loader, device: torch.device):
     """The loader's batches with every tensor on `device`."""
     for batch in loader:
         yield to_device(batch, device)
+
+
+def padding_collator(tokenizer, pad_to_multiple_of: int, max_length: int):
+    """DataCollatorWithPadding: each batch padded to its longest row, or with `pad_to_multiple_of` > 1 up to the next
+    multiple of it (at most max_length), so batches come in a few shapes that compiled graphs reuse."""
+    collator = DataCollatorWithPadding(tokenizer)
+    return collator if pad_to_multiple_of <= 1 else BucketPadding(collator, pad_to_multiple_of, max_length)
+
+
+@dataclasses.dataclass
+class BucketPadding:
+    """Pads a batch to min(the next multiple of `multiple` above its longest row, max_length), on the tokenizer's
+    padding side. (DataCollatorWithPadding's own pad_to_multiple_of could pass max_length, and the model's limit.)"""
+
+    collator: DataCollatorWithPadding
+    multiple: int
+    max_length: int
+
+    def __call__(self, features: list[dict]) -> dict:
+        longest = max(len(feature["input_ids"]) for feature in features)
+        length = min(math.ceil(longest / self.multiple) * self.multiple, self.max_length)
+        return dataclasses.replace(self.collator, padding="max_length", max_length=length)(features)
 
 
 def train_loader(rows, batches: list[list[int]], collator, num_workers: int, device: torch.device) -> DataLoader:

@@ -59,9 +59,15 @@ def process_batches(batches: list[list[int]], num_rows: int, num_processes: int,
     return shares
 
 
-def padding_efficiency(batches: list[list[int]], lengths: list[int]) -> float:
-    """Real tokens / padded token slots when each batch is padded to its longest row."""
-    return sum(lengths[i] for b in batches for i in b) / sum(len(b) * max(lengths[i] for i in b) for b in batches)
+def padding_efficiency(batches: list[list[int]], lengths: list[int], multiple: int = 1,
+                       max_length: int | None = None) -> float:
+    """Real tokens / padded token slots when each batch is padded to its longest row (or, with `multiple` > 1, up to
+    the next multiple of it, at most max_length: data.loaders.BucketPadding)."""
+    def padded(longest: int) -> int:
+        return longest if multiple <= 1 else min(math.ceil(longest / multiple) * multiple, max_length or math.inf)
+
+    return (sum(lengths[i] for b in batches for i in b)
+            / sum(len(b) * padded(max(lengths[i] for i in b)) for b in batches))
 
 
 def rows_per_optimizer_step(batches: list[list[int]], gradient_accumulation_steps: int) -> list[int]:

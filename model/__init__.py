@@ -1,10 +1,14 @@
-"""Model: tokenizer and classifier loading (with the pad-token fix), the max length, and weight-decay groups."""
+"""Model: tokenizer and classifier loading (with the pad-token fix), the max length, weight-decay groups, and the speed
+settings (compiling, length buckets: model/compiling.py)."""
 
 import logging
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from model.compiling import (BUCKET_MULTIPLE, COMPILE_MODES, compile_classifier, compile_seconds, prefer_fast_attention,
+                             resolve_speed)
 
 logger = logging.getLogger(__name__)
 

@@ -60,6 +60,8 @@ def test_debug_makes_a_run_of_seconds():
     assert (args.eval_strategy, args.eval_steps, args.logging_steps, args.dataloader_num_workers) == ("steps", 4, 1, 0)
     assert train.parse_args(["--debug", "--train_samples", 16]).train_samples == 16  # smaller limits are kept
     assert args.max_length == 128 and train.parse_args(["--debug", "--max_length", 64]).max_length == 64
+    assert args.torch_compile is False  # eager: breakpoints in the forward stop, even on a GPU
+    assert train.parse_args(["--debug", "--torch_compile"]).torch_compile is True
 
 
 def test_report_to_a_tracker_that_is_not_installed_says_what_to_install(monkeypatch, capsys):

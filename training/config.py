@@ -63,8 +63,8 @@ def build_parser(config_class, description: str, prog: str = "train.py") -> argp
         name = field.metadata["group"]
         group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
         options = {"default": field.default, "help": field.metadata["help"] or "(default: %(default)s)"}
-        if value_type(field.type) is bool:  # on by default: --no-NAME turns it off; off by default: --NAME
-            options["action"] = argparse.BooleanOptionalAction if field.default else "store_true"
+        if value_type(field.type) is bool:  # off by default: --NAME; on or decided later (None): --NAME / --no-NAME
+            options["action"] = "store_true" if field.default is False else argparse.BooleanOptionalAction
         elif is_list(field.type):  # --NAME A B C
             options |= {"nargs": "+", "type": typing.get_args(value_type(field.type))[0]}
         else:
@@ -115,7 +115,7 @@ def file_arguments(path: str, config_class, parser: argparse.ArgumentParser) -> 
         if value_type(field.type) is bool:
             if not isinstance(value, bool):
                 parser.error(f"--config {path}: {key} must be true or false, got {value!r}")
-            if field.default:  # a BooleanOptionalAction
+            if field.default is not False:  # a BooleanOptionalAction
                 arguments.append(f"--{key}" if value else f"--no-{key}")
             elif value:
                 arguments.append(f"--{key}")
@@ -133,7 +133,9 @@ def debug_values(values: dict) -> dict:
 
     changed = {"train_samples": capped("train_samples", DEBUG_TRAIN_ROWS),
                "eval_samples": capped("eval_samples", DEBUG_EVAL_ROWS), "num_train_epochs": 1, "logging_steps": 1,
-               "max_length": values["max_length"] or DEBUG_MAX_LENGTH}  # 512-token reviews took ~100 s on MiniLM
+               "max_length": values["max_length"] or DEBUG_MAX_LENGTH,  # 512-token reviews took ~100 s on MiniLM
+               # eager, unless asked: a breakpoint in the model's forward stops there, anomaly detection sees its ops
+               "torch_compile": False if values["torch_compile"] is None else values["torch_compile"]}
     if values["eval_strategy"] != "no":
         changed |= {"eval_strategy": "steps", "eval_steps": values["eval_steps"] or DEBUG_EVAL_STEPS}
     return changed
@@ -143,8 +145,8 @@ def check(values: dict, parser: argparse.ArgumentParser) -> None:
     """Fail before any work: every check a user can get wrong from the command line (--checkpointing_steps N becomes
     an int here)."""
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs",
-                 "gradient_accumulation_steps", "logging_steps"):
-        if values[name] <= 0:
+                 "gradient_accumulation_steps", "logging_steps", "pad_to_multiple_of"):
+        if values[name] is not None and values[name] <= 0:
             parser.error(f"--{name} must be positive, got {values[name]}")
     if values["learning_rate"] <= 0:
         parser.error(f"--learning_rate must be positive, got {values['learning_rate']}")
@@ -188,6 +190,9 @@ class Plan:
 
     max_length: int  # --max_length, or the model's limit capped at 512
     num_processes: int
+    torch_compile: bool  # --torch_compile, or the device's default (model/compiling.py)
+    pad_to_multiple_of: int  # 1: each batch padded to its longest row
+    eval_batch_size: int  # per process
     global_batch_size: int  # rows of one micro-batch over all processes
     total_train_batch_size: int  # rows of one optimizer step
     steps_per_epoch: int
@@ -196,12 +201,18 @@ class Plan:
     num_warmup_steps: int
 
 
-def make_plan(config, train_rows: int, num_processes: int, max_length: int) -> Plan:
+def make_plan(config, train_rows: int, num_processes: int, max_length: int, device) -> Plan:
+    from model import resolve_speed  # (model imports transformers: not needed to parse flags)
+
+    torch_compile, pad_to_multiple_of, eval_batch_size = resolve_speed(
+        device, config.torch_compile, config.torch_compile_mode, config.pad_to_multiple_of,
+        config.per_device_eval_batch_size)
     global_batch_size = config.per_device_train_batch_size * num_processes
     accumulation = config.gradient_accumulation_steps
     steps_per_epoch = math.ceil(math.ceil(train_rows / global_batch_size) / accumulation)
     max_train_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
-    return Plan(max_length=max_length, num_processes=num_processes, global_batch_size=global_batch_size,
+    return Plan(max_length=max_length, num_processes=num_processes, torch_compile=torch_compile,
+                pad_to_multiple_of=pad_to_multiple_of, eval_batch_size=eval_batch_size, global_batch_size=global_batch_size,
                 total_train_batch_size=global_batch_size * accumulation, steps_per_epoch=steps_per_epoch,
                 max_train_steps=max_train_steps, num_train_epochs=math.ceil(max_train_steps / steps_per_epoch),
                 num_warmup_steps=config.num_warmup_steps or math.ceil((config.warmup_ratio or 0) * max_train_steps))

@@ -79,14 +79,14 @@ class Telemetry:
         self.window_grad_norm += norm.detach().float()
         self.window_steps += 1
 
-    def step_done(self, state, step_rows: int, epoch_position: float, learning_rate: float, last: bool) -> None:
+    def step_done(self, state, step_rows: int, epoch_position: float, learning_rate: float, log: bool) -> None:
         """After an optimizer step: the progress bar, the profiler, and at logging steps a log.jsonl line and the
         trackers (the loss is the mean over the rows of the steps since the previous line, all processes)."""
         self.run_rows += step_rows
         self.progress.update(1)
         if self.profiler is not None:
             self.profiler.step()
-        if state.completed_steps % self.config.logging_steps and not last:
+        if not log:
             return
         window = torch.cat([state.window_loss[None], self.window_tokens, self.window_grad_norm])
         totals = self.accelerator.reduce(window, reduction="sum").tolist()  # one sync per logging step
@@ -118,12 +118,18 @@ class Telemetry:
         self.progress.close()
         if self.profiler is not None:
             self.profiler.stop()
-        real_tokens, token_slots, _ = self.accelerator.reduce(self.run_tokens + self.window_tokens, "sum").tolist()
+        totals = self.accelerator.reduce(self.run_tokens + self.window_tokens, "sum").tolist()
+        real_tokens, token_slots, squared_lengths = totals
         if self.log_file is not None:
             self.log_file.close()
+        seconds = max(self.timer.total, 1e-9)
+        flops = self.flops_per_token * real_tokens + self.flops_per_token_pair * squared_lengths
+        device = self.accelerator.device
         return {"train_seconds": round(self.timer.total, 3), "peak_tflops": self.peak_tflops,
-                "train_samples_per_second": round(self.run_rows / max(self.timer.total, 1e-9), 3),
-                "train_padding_efficiency": real_tokens / max(token_slots, 1)}
+                "train_samples_per_second": round(self.run_rows / seconds, 3),
+                "train_mfu": flops / seconds / (self.peak_tflops * 1e12 * self.accelerator.num_processes),
+                "train_padding_efficiency": real_tokens / max(token_slots, 1),
+                "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
 
 
 def start_profiler(steps: int, output_dir, is_main: bool, device: torch.device):
