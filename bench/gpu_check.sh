@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check in one call of the device tool (about 5 minutes on one H100, set-up included). Here, once:
+# The GPU check in one call of the device tool (about 5-7 minutes on one H100, set-up and compiling included). Here, once:
 #     bash ../shared/gpu-kit/pack.sh                 # copies the kit (models, 6,000/6,000 IMDB rows, wheels) to .gpu-kit/
 # then a device call with carry [".gpu-kit"], timeout_s 480, command:
 #     bash bench/gpu_check.sh

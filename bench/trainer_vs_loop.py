@@ -34,6 +34,10 @@ def parse_args(argv=None):
     parser.add_argument("--results_dir", default=str(ROOT / "bench/results"))
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # internal: run one Trainer variant
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    # (b) with the Trainer's own switches for the loop's GPU fixes (bench/gpu_bench.py): compile, buckets, no cuDNN SDPA
+    parser.add_argument("--trainer_compile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pad_to_multiple_of", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--no_cudnn_sdp", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -54,6 +58,8 @@ def run_trainer(args) -> dict:
 
     reference = args.variant == "reference"
     set_seed(42)
+    if args.no_cudnn_sdp and torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)
     splits, names = load_splits(args.dataset)
     train_rows = select_subset(splits["train"], args.train_samples, 42)
     eval_rows = select_subset(splits["eval"], args.eval_samples, 42)
@@ -76,7 +82,7 @@ def run_trainer(args) -> dict:
         learning_rate=args.learning_rate, weight_decay=0.01, num_train_epochs=args.epochs, lr_scheduler_type="linear",
         eval_strategy="no", save_strategy="no", logging_steps=50, seed=42,
         use_cpu=not torch.cuda.is_available(),  # the GPU when there is one, as train.py uses it
-        bf16=args.precision == "bf16", dataloader_num_workers=0,
+        bf16=args.precision == "bf16", dataloader_num_workers=0, torch_compile=args.trainer_compile,
         **({} if reference else {"train_sampling_strategy": "group_by_length"}),
     )
 
@@ -84,7 +90,8 @@ def run_trainer(args) -> dict:
         return classification_metrics(prediction.label_ids, prediction.predictions.argmax(-1), names)
 
     trainer = Trainer(model=model, args=training_args, train_dataset=train_tokens, eval_dataset=eval_tokens,
-                      data_collator=None if reference else DataCollatorWithPadding(tokenizer),
+                      data_collator=None if reference else DataCollatorWithPadding(
+                          tokenizer, pad_to_multiple_of=args.pad_to_multiple_of),
                       compute_metrics=compute_metrics)
     # Padding efficiency of the batches the Trainer will actually form (its own samplers and collator).
     lengths = [sum(mask) for mask in train_tokens["attention_mask"]] if reference else [
@@ -108,7 +115,9 @@ def run_trainer(args) -> dict:
     return {"tokenize_s": tokenize_seconds, "eval_before_s": eval_before_seconds, "train_s": train_seconds,
             "eval_after_s": eval_after_seconds, "train_padding_efficiency": train_efficiency,
             "eval_padding_efficiency": eval_efficiency, "accuracy_before": before["eval_accuracy"],
-            "accuracy_after": after["eval_accuracy"]}
+            "accuracy_after": after["eval_accuracy"], "train_rows": len(train_tokens),
+            "train_token_lengths": [sum(mask) for mask in train_tokens["attention_mask"]],  # real tokens: for MFU
+            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
 
 
 def run_loop(args, precision: str) -> dict:
