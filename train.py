@@ -245,8 +245,9 @@ def main(config: Config) -> None:
     # Skips a NaN/inf update on the device (fused AdamW's found_inf): the loop checks the flag only where it syncs.
     guard = NonFiniteGuard(optimizer, accelerator)
     prefer_fast_attention(accelerator.device)
-    if plan.torch_compile:  # after prepare: the forward with accelerate's autocast is what gets compiled
-        compile_classifier(model, config.torch_compile_mode)
+    if plan.torch_compile:  # after prepare: the forward with accelerate's autocast is what gets compiled; inside
+        # DDP's wrapper, whose own forward (buffer broadcasts) breaks the graph, and which dynamo splits by buckets
+        compile_classifier(accelerator.unwrap_model(model), config.torch_compile_mode)
     settings = asdict(config) | {"max_length": plan.max_length, "num_processes": plan.num_processes}
     record = settings | {"trackers": trackers, "mixed_precision": accelerator.mixed_precision} | asdict(plan) | {
         "label_names": data.label_names, "train_rows": len(data.train_tokens), "eval_rows": len(data.eval_tokens),

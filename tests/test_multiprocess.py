@@ -51,3 +51,18 @@ def test_processes_that_do_not_form_a_group_fail_loudly(tiny_bert, small_imdb, t
     assert ("did not join one group, so each would train alone; on a CPU set ACCELERATE_USE_CPU=1: ACCELERATE_USE_CPU=1 "
             "accelerate launch --multi_gpu --num_processes 2 train.py ...\n") in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_compiled_under_two_processes_trains_as_one_eager_process(one_and_two, tiny_bert, small_imdb, tmp_path):
+    """DDP + torch.compile (what several GPUs run by default): the inner model's forward is compiled, so DDP's own
+    forward (buffer broadcasts) does not break the graph, and the steps are the eager single process's."""
+    (one, one_log), _, _ = one_and_two
+    result = run_train(["--model_name_or_path", tiny_bert, "--dataset_name", small_imdb, "--train_samples", 60,
+                        "--eval_samples", 0, "--per_device_eval_batch_size", 8, "--num_train_epochs", 2,
+                        "--learning_rate", 1e-3, *TINY, "--output_dir", tmp_path, "--per_device_train_batch_size", 4,
+                        "--torch_compile"], processes=2)
+    compiled, compiled_log = read_outputs(tmp_path)
+    assert compiled["config"]["torch_compile"] is True and compiled["speed"]["compile_seconds"] > 0
+    assert "does not know how to trace" not in result.stderr and "Graph break" not in result.stderr
+    assert [r["loss"] for r in compiled_log] == pytest.approx([r["loss"] for r in one_log], abs=1e-4)
+    assert compiled["after"]["accuracy"] == one["after"]["accuracy"]
