@@ -202,7 +202,7 @@ def main(args) -> None:
                                                    args.pad_to_multiple_of, args.batch_size)
     prefer_fast_attention(device)
     if compiled:
-        compile_classifier(model, args.torch_compile_mode)
+        compile_classifier(model, args.torch_compile_mode, fall_back_to_eager=args.torch_compile is None)
     probabilities = predict(model, tokenizer, texts, batch_size, max_length, keep, head_tokens, args.mixed_precision,
                             multiple)
     if args.output_file or not args.evaluate:

@@ -247,7 +247,8 @@ def main(config: Config) -> None:
     prefer_fast_attention(accelerator.device)
     if plan.torch_compile:  # after prepare: the forward with accelerate's autocast is what gets compiled; inside
         # DDP's wrapper, whose own forward (buffer broadcasts) breaks the graph, and which dynamo splits by buckets
-        compile_classifier(accelerator.unwrap_model(model), config.torch_compile_mode)
+        compile_classifier(accelerator.unwrap_model(model), config.torch_compile_mode,
+                           fall_back_to_eager=config.torch_compile is None)
     settings = asdict(config) | {"max_length": plan.max_length, "num_processes": plan.num_processes}
     record = settings | {"trackers": trackers, "mixed_precision": accelerator.mixed_precision} | asdict(plan) | {
         "label_names": data.label_names, "train_rows": len(data.train_tokens), "eval_rows": len(data.eval_tokens),

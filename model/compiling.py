@@ -30,13 +30,20 @@ def resolve_speed(device, torch_compile: bool | None, compile_mode: str, pad_to_
     return compile_model, multiple, eval_batch_size or EVAL_BATCH_SIZE.get(device.type, EVAL_BATCH_SIZE["cpu"])
 
 
-def compile_classifier(model: torch.nn.Module, mode: str) -> None:
+def compile_classifier(model: torch.nn.Module, mode: str, fall_back_to_eager: bool) -> None:
     """torch.compile the model's forward in place: the same module, so its state_dict keys, checkpoints and saved
     model are unchanged (a `torch.compile(model)` wrapper prefixes them with `_orig_mod.`; `Module.compile()` left a
     plain model eager with torch 2.13). Dynamic shapes: one graph for every batch size and length in training, one in
     evaluation. Static shapes would compile once per (batch, length) bucket, and each compile of a bert-base forward
     and backward takes seconds to a minute: more than a short run trains. A CUDA-graph mode records its graphs per
-    shape (cheaply): that is what the buckets bound."""
+    shape (cheaply): that is what the buckets bound.
+
+    `fall_back_to_eager` (compiling by default, not asked for): where compiling fails on a user's machine (no working
+    Triton or C++ compiler, an op inductor cannot lower), dynamo warns and runs that code eagerly instead of stopping
+    the run. Asked for with --torch_compile, a failure stops it."""
+    torch._dynamo.config.suppress_errors = fall_back_to_eager
+    logger.info(f"Compiling the model's forward with torch.compile (mode {mode}): the first training and evaluation "
+                "steps take longer; --no-torch_compile runs eager")
     model.forward = torch.compile(model.forward, mode=None if mode == "default" else mode, dynamic=True)
 
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import train
 from conftest import read_outputs, run_train
 from data import padding_collator, padding_efficiency
-from model import resolve_speed
+from model import compile_classifier, resolve_speed
 from training.nonfinite import NonFiniteGuard
 
 FAST = ["--per_device_train_batch_size", 4, "--max_length", 64, "--logging_steps", 1, "--learning_rate", 1e-3]
@@ -77,6 +77,27 @@ def test_compiled_run_gives_the_eager_per_step_losses(tiny_bert, small_imdb, tmp
     # The saved model is the plain module (compiling in place keeps the parameter names).
     saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "compiled")
     assert not any("_orig_mod" in name for name, _ in saved.named_parameters())
+
+
+@pytest.mark.parametrize("asked_for", [False, True])
+def test_a_compiler_failure_falls_back_to_eager_only_when_compiling_by_default(asked_for, monkeypatch):
+    import torch._inductor.compile_fx
+
+    def broken_compiler(*args, **kwargs):
+        raise RuntimeError("no working compiler on this machine")
+
+    monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", broken_compiler)
+    torch._dynamo.reset()
+    layer = torch.nn.Linear(3, 2)
+    eager = layer(torch.ones(1, 3))
+    with torch._dynamo.config.patch(suppress_errors=False):  # a process-wide setting: restored after the test
+        compile_classifier(layer, "default", fall_back_to_eager=not asked_for)
+        if asked_for:  # --torch_compile: the failure stops the run
+            with pytest.raises(Exception, match="no working compiler on this machine"):
+                layer(torch.ones(1, 3))
+        else:  # the device's default: dynamo warns and runs eagerly
+            assert torch.equal(layer(torch.ones(1, 3)), eager)
+    torch._dynamo.reset()
 
 
 def test_the_guard_skips_a_non_finite_update_and_every_later_one():
