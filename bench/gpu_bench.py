@@ -39,6 +39,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+class RowFailed(Exception):
+    """A row's command failed: recorded in the table and the JSON, and the next row runs."""
+
+
 class Bench:
     def __init__(self, args):
         self.args, self.out = args, Path(args.out)
@@ -59,7 +63,7 @@ class Bench:
             result = subprocess.run(list(map(str, command)), cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
                                     timeout=600)
         if result.returncode != 0:
-            raise SystemExit(f"failed ({result.returncode}): {' '.join(map(str, command))}; see {self.log}")
+            raise RowFailed(f"exit code {result.returncode}: {' '.join(map(str, command))} (its output: runs.log)")
         return time.perf_counter() - start
 
     def loop(self, label: str, job: str, model: str, *flags) -> dict:
@@ -174,7 +178,7 @@ def describe() -> dict:
                     "accelerate": accelerate.__version__}
 
 
-def table(device: str, versions: dict, rows: list[dict], bf16_steps: dict) -> str:
+def table(device: str, versions: dict, rows: list[dict], bf16_steps: dict, failed: list[dict]) -> str:
     def cell(value, digits: str = ".1f") -> str:
         return "" if value is None else format(value, digits)
 
@@ -191,6 +195,7 @@ def table(device: str, versions: dict, rows: list[dict], bf16_steps: dict) -> st
         lines += ["", "bf16 train step, eager, bert-base 8 x ~256 tokens (s): " + "; ".join(
             f"{name}: same shape {v['same_shape_s']:.4f}, new shapes {v['new_shapes_s']:.4f}" for name, v in
             bf16_steps.items())]
+    lines += [f"\nFailed: {f['row']}: {f['error']}" for f in failed]
     return "\n".join(lines) + "\n"
 
 
@@ -230,20 +235,24 @@ def main(args) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     device, versions = describe()
     steps = row_steps(bench, args.dry_run)
-    rows, bf16_steps = [], {}
+    rows, bf16_steps, failed = [], {}, []
     for name in args.rows.split(","):
         start = time.perf_counter()
-        if name == "bf16_steps":
-            bf16_steps = steps[name]()
-        else:
-            rows.append(steps[name]())
-        print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+        try:
+            if name == "bf16_steps":
+                bf16_steps = steps[name]()
+            else:
+                rows.append(steps[name]())
+        except RowFailed as error:
+            failed.append({"row": name, "error": str(error)})
+        print(f"{name}: {'failed, ' if failed and failed[-1]['row'] == name else ''}"
+              f"{time.perf_counter() - start:.0f} s", flush=True)
         if any(r["variant"] == "c" for r in rows):  # the Trainer's MFU needs a loop run's peak
             add_trainer_mfu(rows, args.models)
-        result = {"device": device, "versions": versions, "rows": rows, "bf16_steps": bf16_steps}
+        result = {"device": device, "versions": versions, "rows": rows, "bf16_steps": bf16_steps, "failed": failed}
         (bench.out / "gpu-bench.json").write_text(json.dumps(result, indent=1) + "\n")
-        (bench.out / "gpu-bench.md").write_text(table(device, versions, rows, bf16_steps))
-    print(table(device, versions, rows, bf16_steps))
+        (bench.out / "gpu-bench.md").write_text(table(device, versions, rows, bf16_steps, failed))
+    print(table(device, versions, rows, bf16_steps, failed))
 
 
 if __name__ == "__main__":
