@@ -47,6 +47,7 @@ def test_shipped_configs_hold_the_reference_recipes():
         "google-bert/bert-base-cased", "stanfordnlp/imdb", 5000, 5000)
     assert (bert.num_train_epochs, bert.learning_rate, bert.weight_decay, bert.per_device_train_batch_size,
             bert.output_dir) == (3, 5e-5, 0.01, 8, "result")
+    assert bert.per_device_eval_batch_size is None and bert.torch_compile is None  # the device's defaults
     gpt2 = train.parse_args(["--config", ROOT / "configs" / "imdb-gpt2.yaml"])
     assert (gpt2.model_name_or_path, gpt2.train_samples, gpt2.eval_samples) == ("openai-community/gpt2", 1000, 1000)
     offline = train.parse_args(["--config", ROOT / "configs" / "imdb-minilm-offline.yaml"])
