@@ -6,13 +6,12 @@ memory and the copy is asynchronous (`non_blocking`): the GPU need not wait for 
 """
 
 import dataclasses
-import math
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
-from data.sampling import WeightedRows
+from data.sampling import WeightedRows, padded_length
 
 
 def pin_memory_for(device: torch.device) -> bool:
@@ -50,8 +49,7 @@ class BucketPadding:
     max_length: int
 
     def __call__(self, features: list[dict]) -> dict:
-        longest = max(len(feature["input_ids"]) for feature in features)
-        length = min(math.ceil(longest / self.multiple) * self.multiple, self.max_length)
+        length = padded_length(max(len(feature["input_ids"]) for feature in features), self.multiple, self.max_length)
         return dataclasses.replace(self.collator, padding="max_length", max_length=length)(features)
 
 

@@ -59,15 +59,17 @@ def process_batches(batches: list[list[int]], num_rows: int, num_processes: int,
     return shares
 
 
+def padded_length(longest: int, multiple: int, max_length: int | None) -> int:
+    """The length a batch whose longest row has `longest` tokens is padded to: itself, or with `multiple` > 1 the next
+    multiple of it, at most max_length (the length buckets of data.loaders.BucketPadding)."""
+    return longest if multiple <= 1 else min(math.ceil(longest / multiple) * multiple, max_length or math.inf)
+
+
 def padding_efficiency(batches: list[list[int]], lengths: list[int], multiple: int = 1,
                        max_length: int | None = None) -> float:
-    """Real tokens / padded token slots when each batch is padded to its longest row (or, with `multiple` > 1, up to
-    the next multiple of it, at most max_length: data.loaders.BucketPadding)."""
-    def padded(longest: int) -> int:
-        return longest if multiple <= 1 else min(math.ceil(longest / multiple) * multiple, max_length or math.inf)
-
+    """Real tokens / padded token slots of these batches, each padded by `padded_length`."""
     return (sum(lengths[i] for b in batches for i in b)
-            / sum(len(b) * padded(max(lengths[i] for i in b)) for b in batches))
+            / sum(len(b) * padded_length(max(lengths[i] for i in b), multiple, max_length) for b in batches))
 
 
 def rows_per_optimizer_step(batches: list[list[int]], gradient_accumulation_steps: int) -> list[int]:

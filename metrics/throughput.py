@@ -48,6 +48,14 @@ def training_flop_rates(model: nn.Module) -> tuple[float, float]:
     return 6 * weights, 12 * layers * hidden
 
 
+def model_flops_utilization(flop_rates: tuple[float, float], real_tokens: float, squared_lengths: float,
+                            seconds: float, peak_tflops: float) -> float:
+    """MFU: training FLOPs on the real tokens (`training_flop_rates` x tokens and x squared lengths) / time / the peak
+    (in TFLOP/s, summed over the processes that did the work)."""
+    per_token, per_pair = flop_rates
+    return (per_token * real_tokens + per_pair * squared_lengths) / seconds / (peak_tflops * 1e12)
+
+
 @functools.cache
 def measure_peak_tflops(device: torch.device) -> float:
     """The fastest dense matmul rate this device reaches, in TFLOP/s: the denominator of MFU (unless --peak_tflops).

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from model import resolve_speed
 from training.telemetry import trackers_for
 
 DEBUG_TRAIN_ROWS, DEBUG_EVAL_ROWS, DEBUG_EVAL_STEPS, DEBUG_MAX_LENGTH = 64, 32, 4, 128  # --debug: a run of seconds
@@ -202,8 +203,6 @@ class Plan:
 
 
 def make_plan(config, train_rows: int, num_processes: int, max_length: int, device) -> Plan:
-    from model import resolve_speed  # (model imports transformers: not needed to parse flags)
-
     torch_compile, pad_to_multiple_of, eval_batch_size = resolve_speed(
         device, config.torch_compile, config.torch_compile_mode, config.pad_to_multiple_of,
         config.per_device_eval_batch_size)

@@ -13,7 +13,8 @@ from accelerate.utils import is_tensorboard_available, is_wandb_available
 from tqdm.auto import tqdm
 
 from metrics import EVAL_SCALARS
-from metrics.throughput import PhaseTimer, measure_peak_tflops, profile_sort_key, training_flop_rates
+from metrics.throughput import (PhaseTimer, measure_peak_tflops, model_flops_utilization, profile_sort_key,
+                                training_flop_rates)
 
 logger = logging.getLogger("train")
 TRACKED_TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "samples_per_second", "tokens_per_second")
@@ -54,7 +55,7 @@ class Telemetry:
         self.peak_tflops = config.peak_tflops or measure_peak_tflops(device)
         source = "--peak_tflops" if config.peak_tflops else f"the dense matmul rate measured on {device}"
         logger.info(f"MFU is relative to {self.peak_tflops:.1f} TFLOP/s per process ({source})")
-        self.flops_per_token, self.flops_per_token_pair = training_flop_rates(classifier)
+        self.flop_rates = training_flop_rates(classifier)
         if tracker_config is not None:  # every process calls it; only the main process writes
             accelerator.init_trackers("text-classification", config=tracker_config)
         self.profiler = start_profiler(config.profile_steps, output_dir, accelerator.is_main_process, device)
@@ -94,11 +95,10 @@ class Telemetry:
         grad_norm = totals[4] / max(self.window_steps, 1) / self.accelerator.num_processes  # the same on every process
         times = self.timer.read()
         seconds = sum(times.values())  # training time only: evaluations and checkpoints are not in it
-        flops = self.flops_per_token * real_tokens + self.flops_per_token_pair * squared_lengths
         record = {"step": state.completed_steps, "epoch": round(epoch_position, 4), "loss": loss,
                   "learning_rate": learning_rate, "grad_norm": grad_norm, "samples_per_second": state.window_rows / seconds,
                   "tokens_per_second": real_tokens / seconds, "padding_efficiency": real_tokens / token_slots, **times,
-                  "mfu": flops / seconds / (self.peak_tflops * 1e12 * self.accelerator.num_processes)}
+                  "mfu": self.mfu(real_tokens, squared_lengths, seconds)}
         if self.log_file is not None:
             self.log_file.write(json.dumps(record) + "\n")
             self.log_file.flush()
@@ -109,6 +109,11 @@ class Telemetry:
         self.window_tokens.zero_()
         self.window_grad_norm.zero_()
         self.window_steps = 0
+
+    def mfu(self, real_tokens: float, squared_lengths: float, seconds: float) -> float:
+        """Tokens summed over all processes, so the peak is every process's."""
+        return model_flops_utilization(self.flop_rates, real_tokens, squared_lengths, seconds,
+                                       self.peak_tflops * self.accelerator.num_processes)
 
     def evaluated(self, metrics: dict, step: int) -> None:
         self.accelerator.log(tracked(metrics, "eval"), step=step)
@@ -123,11 +128,10 @@ class Telemetry:
         if self.log_file is not None:
             self.log_file.close()
         seconds = max(self.timer.total, 1e-9)
-        flops = self.flops_per_token * real_tokens + self.flops_per_token_pair * squared_lengths
         device = self.accelerator.device
         return {"train_seconds": round(self.timer.total, 3), "peak_tflops": self.peak_tflops,
                 "train_samples_per_second": round(self.run_rows / seconds, 3),
-                "train_mfu": flops / seconds / (self.peak_tflops * 1e12 * self.accelerator.num_processes),
+                "train_mfu": self.mfu(real_tokens, squared_lengths, seconds),
                 "train_padding_efficiency": real_tokens / max(token_slots, 1),
                 "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
 
