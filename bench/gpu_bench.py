@@ -16,13 +16,13 @@ written, compiling included. The Trainer's compile time is inside its training t
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import describe_machine, run_logged, scaled_rows  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -52,19 +52,14 @@ class Bench:
         self.bf16 = "no" if args.dry_run else "bf16"  # an AVX2 CPU runs bf16 ~50x slower than fp32
 
     def rows(self, n: int) -> int:
-        return max(16, int(n * self.scale))
+        return scaled_rows(n, self.scale)
 
     def run(self, command: list) -> float:
         """A child process to its end, output appended to runs.log; its wall seconds."""
-        start = time.perf_counter()
-        with open(self.log, "a") as handle:
-            handle.write(f"\n$ {' '.join(map(str, command))}\n")
-            handle.flush()
-            result = subprocess.run(list(map(str, command)), cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
-                                    timeout=600)
-        if result.returncode != 0:
-            raise RowFailed(f"exit code {result.returncode}: {' '.join(map(str, command))} (its output: runs.log)")
-        return time.perf_counter() - start
+        code, seconds = run_logged(command, self.log, timeout=600)
+        if code != 0:
+            raise RowFailed(f"exit code {code}: {' '.join(map(str, command))} (its output: runs.log)")
+        return seconds
 
     def loop(self, label: str, job: str, model: str, *flags) -> dict:
         """(c): train.py as a user runs it; the row from its metrics.json."""
@@ -98,31 +93,13 @@ class Bench:
         return {"variant": variant, "job": "2k1k", "label": label, "end_to_end_s": wall,
                 "train_samples_per_s": train / r["train_s"],
                 "eval_samples_per_s": 2 * evaluate / (r["eval_before_s"] + r["eval_after_s"]),
-                "train_mfu": None, "compile_s": None, "padding_efficiency": r["train_padding_efficiency"],
-                "peak_gpu_gib": r["peak_gpu_gib"], "accuracy_after": r["accuracy_after"],
-                "train_seconds": r["train_s"], "_lengths": r["train_token_lengths"]}
+                "train_mfu": r["train_mfu"], "compile_s": None, "padding_efficiency": r["train_padding_efficiency"],
+                "peak_gpu_gib": r["peak_gpu_gib"], "accuracy_after": r["accuracy_after"], "train_seconds": r["train_s"]}
 
     def bf16_steps(self) -> dict:
         self.run([sys.executable, __file__, "--models", self.args.models, "--data", self.args.data, "--out", self.work,
                   "--diagnose_only"] + (["--dry_run"] if self.args.dry_run else []))
         return json.loads((self.work / "bf16_steps.json").read_text())
-
-
-def add_trainer_mfu(rows: list[dict], models: str) -> None:
-    """The Trainer's MFU, counted as train.py counts it (real tokens; metrics.throughput) against the loop's peak."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from metrics.throughput import training_flop_rates
-
-    with __import__("torch").device("meta"):
-        model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(Path(models) / "bert-base"))
-    per_token, per_pair = training_flop_rates(model)
-    peak = next(r["peak_tflops"] for r in rows if "peak_tflops" in r)
-    for row in rows:
-        lengths = row.pop("_lengths", None)  # (counted once: the rows are kept across calls)
-        if lengths is not None:
-            flops = per_token * sum(lengths) + per_pair * sum(n * n for n in lengths)
-            row["train_mfu"] = flops / row["train_seconds"] / (peak * 1e12)
 
 
 def diagnose(args) -> None:
@@ -166,16 +143,6 @@ def diagnose(args) -> None:
         result[name] = {"same_shape_s": seconds_per_step([256] * repeats),
                         "new_shapes_s": seconds_per_step([200 + 2 * i + offset for i in range(repeats)])}
     (Path(args.out) / "bf16_steps.json").write_text(json.dumps(result, indent=1))
-
-
-def describe() -> dict:
-    import accelerate
-    import torch
-    import transformers
-
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU (CPU dry run)"
-    return device, {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
-                    "accelerate": accelerate.__version__}
 
 
 def table(device: str, versions: dict, rows: list[dict], bf16_steps: dict, failed: list[dict]) -> str:
@@ -233,7 +200,8 @@ def main(args) -> None:
     bench = Bench(args)
     for folder in (bench.out, bench.work):
         folder.mkdir(parents=True, exist_ok=True)
-    device, versions = describe()
+    versions = describe_machine()
+    device = versions.pop("device")
     steps = row_steps(bench, args.dry_run)
     rows, bf16_steps, failed = [], {}, []
     for name in args.rows.split(","):
@@ -247,8 +215,6 @@ def main(args) -> None:
             failed.append({"row": name, "error": str(error)})
         print(f"{name}: {'failed, ' if failed and failed[-1]['row'] == name else ''}"
               f"{time.perf_counter() - start:.0f} s", flush=True)
-        if any(r["variant"] == "c" for r in rows):  # the Trainer's MFU needs a loop run's peak
-            add_trainer_mfu(rows, args.models)
         result = {"device": device, "versions": versions, "rows": rows, "bf16_steps": bf16_steps, "failed": failed}
         (bench.out / "gpu-bench.json").write_text(json.dumps(result, indent=1) + "\n")
         (bench.out / "gpu-bench.md").write_text(table(device, versions, rows, bf16_steps, failed))

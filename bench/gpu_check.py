@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import describe_machine, run_logged, scaled_rows  # noqa: E402
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,26 +37,17 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def rows(n: int, scale: float) -> int:
-    return max(16, int(n * scale))
-
-
 def run(command: list, log: Path, timeout: int = 300) -> float:
     """Run a command to the end, its output appended to `log`; its wall seconds. A failure stops the check."""
-    start = time.perf_counter()
-    with open(log, "a") as handle:
-        handle.write(f"\n$ {' '.join(map(str, command))}\n")
-        handle.flush()
-        result = subprocess.run(list(map(str, command)), cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
-                                timeout=timeout)
-    if result.returncode != 0:
-        raise SystemExit(f"failed ({result.returncode}): {' '.join(map(str, command))}; see {log}")
-    return time.perf_counter() - start
+    code, seconds = run_logged(command, log, timeout)
+    if code != 0:
+        raise SystemExit(f"failed ({code}): {' '.join(map(str, command))}; see {log}")
+    return seconds
 
 
 def train_command(args, model: str, out: Path, train: int, evaluate: int, *extra, overwrite: bool = True) -> list:
     return [sys.executable, "train.py", "--model_name_or_path", Path(args.models) / model, "--dataset_name", args.data,
-            "--train_samples", rows(train, args.scale), "--eval_samples", rows(evaluate, args.scale),
+            "--train_samples", scaled_rows(train, args.scale), "--eval_samples", scaled_rows(evaluate, args.scale),
             "--num_train_epochs", 1, "--output_dir", out, *(["--overwrite_output_dir"] if overwrite else []), *extra]
 
 
@@ -67,7 +60,8 @@ def minilm(args, work: Path, log: Path, precision: str) -> dict:
     out = work / f"minilm-{precision}"
     wall = run(train_command(args, "minilm", out, 2000, 1000, "--mixed_precision", precision), log)
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"check": f"MiniLM {rows(2000, args.scale)}/{rows(1000, args.scale)} rows, 1 epoch, {precision}",
+    train, evaluate = scaled_rows(2000, args.scale), scaled_rows(1000, args.scale)
+    return {"check": f"MiniLM {train}/{evaluate} rows, 1 epoch, {precision}",
             "accuracy_before": metrics["before"]["accuracy"], "accuracy_after": metrics["after"]["accuracy"],
             "train_samples_per_s": metrics["speed"]["train_samples_per_second"],
             "eval_samples_per_s": eval_samples_per_second(metrics), "peak_tflops": metrics["speed"]["peak_tflops"],
@@ -83,7 +77,7 @@ def kill_and_resume(args, work: Path, log: Path) -> dict:
     """Run A uninterrupted; run B killed (SIGKILL) once its first checkpoint is complete, then resumed from latest."""
     from safetensors.torch import load_file
 
-    every = min(10, max(1, rows(400, args.scale) // 16))  # 50 steps in all; a dry run's few steps: half of them
+    every = min(10, max(1, scaled_rows(400, args.scale) // 16))  # 50 steps in all; a dry run's few steps: half of them
     common = ["--checkpointing_steps", every, "--mixed_precision", args.precision]
     a, b = work / "resume-a", work / "resume-b"
     run(train_command(args, "minilm", a, 400, 200, *common), log)
@@ -113,7 +107,7 @@ def predict_agrees(args, work: Path, log: Path) -> dict:
 
     model_dir = work / "minilm-no"
     splits, _ = load_splits(args.data)
-    subset = select_subset(splits["eval"], rows(1000, args.scale), 42)
+    subset = select_subset(splits["eval"], scaled_rows(1000, args.scale), 42)
     subset.to_parquet(work / "eval_rows.parquet")
     wall = run([sys.executable, "predict.py", model_dir, "--input_file", work / "eval_rows.parquet", "--evaluate",
                 "--output_file", work / "predictions.jsonl"], log)
@@ -142,22 +136,11 @@ def gpt2_with_profile(args, work: Path, log: Path) -> dict:
 
 
 def trainer_bench(args, work: Path, log: Path) -> dict:
-    results = work / "bench"
+    results, n = work / "bench", scaled_rows(500, args.scale)
     run([sys.executable, "bench/trainer_vs_loop.py", "--model", Path(args.models) / "minilm", "--dataset", args.data,
-         "--train_samples", rows(500, args.scale), "--eval_samples", rows(500, args.scale), "--precisions", "fp32",
-         "--results_dir", results], log, timeout=400)
-    return {"check": f"bench/trainer_vs_loop.py, {rows(500, args.scale)}/{rows(500, args.scale)} rows fp32",
+         "--train_samples", n, "--eval_samples", n, "--precisions", "fp32", "--results_dir", results], log, timeout=400)
+    return {"check": f"bench/trainer_vs_loop.py, {n}/{n} rows fp32",
             "table": (results / "table.md").read_text()}
-
-
-def describe() -> dict:
-    import torch
-    import transformers
-    import accelerate
-
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU (CPU dry run)"
-    return {"device": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__}
 
 
 def table(machine: dict, results: list[dict]) -> str:
@@ -176,7 +159,7 @@ def main(args) -> None:
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     log = work / "runs.log"
-    machine = describe()
+    machine = describe_machine()
     steps = [lambda: minilm(args, work, log, "bf16"), lambda: minilm(args, work, log, "no"),
              lambda: kill_and_resume(args, work, log), lambda: predict_agrees(args, work, log),
              lambda: gpt2_with_profile(args, work, log)]

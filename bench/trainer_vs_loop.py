@@ -55,6 +55,7 @@ def run_trainer(args) -> dict:
 
     from data import load_splits, select_subset
     from metrics import classification_metrics
+    from metrics.throughput import measure_peak_tflops, model_flops_utilization, training_flop_rates
 
     reference = args.variant == "reference"
     set_seed(42)
@@ -93,7 +94,7 @@ def run_trainer(args) -> dict:
                       data_collator=None if reference else DataCollatorWithPadding(
                           tokenizer, pad_to_multiple_of=args.pad_to_multiple_of),
                       compute_metrics=compute_metrics)
-    # Padding efficiency of the batches the Trainer will actually form (its own samplers and collator).
+    # Padding efficiency of the batches the Trainer will actually form (its own samplers and collator); real tokens.
     lengths = [sum(mask) for mask in train_tokens["attention_mask"]] if reference else [
         len(ids) for ids in train_tokens["input_ids"]]
     if reference:
@@ -112,12 +113,17 @@ def run_trainer(args) -> dict:
     start = time.perf_counter()
     after = trainer.evaluate()
     eval_after_seconds = time.perf_counter() - start
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak_gpu_gib = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None  # before the matmuls
+    # MFU as train.py counts it: FLOPs on the real tokens of every epoch, against the same measured peak.
+    train_mfu = model_flops_utilization(training_flop_rates(model), args.epochs * sum(lengths),
+                                        args.epochs * sum(n * n for n in lengths), train_seconds,
+                                        measure_peak_tflops(device))
     return {"tokenize_s": tokenize_seconds, "eval_before_s": eval_before_seconds, "train_s": train_seconds,
             "eval_after_s": eval_after_seconds, "train_padding_efficiency": train_efficiency,
             "eval_padding_efficiency": eval_efficiency, "accuracy_before": before["eval_accuracy"],
-            "accuracy_after": after["eval_accuracy"], "train_rows": len(train_tokens),
-            "train_token_lengths": [sum(mask) for mask in train_tokens["attention_mask"]],  # real tokens: for MFU
-            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+            "accuracy_after": after["eval_accuracy"], "train_rows": len(train_tokens), "train_mfu": train_mfu,
+            "peak_gpu_gib": peak_gpu_gib}
 
 
 def run_loop(args, precision: str) -> dict:
