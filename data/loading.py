@@ -22,7 +22,8 @@ FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".json": "j
 READERS = {"parquet": ("parquet", {}), "csv": ("csv", {}), "tsv": ("csv", {"delimiter": "\t", "quoting": 3}),
            "json": ("json", {})}
 SPLIT_FILE = re.compile(r"(?P<split>[a-z]+)(-\d+-of-\d+)?")  # train.csv, or a Hub shard train-00000-of-00002.parquet
-# Datasets that store integer labels without names; IMDB's Hub copy calls 0 "neg" and 1 "pos".
+# Datasets that store integer labels without names, by the dataset's own name (the Hub name's last part, or the folder
+# of the files): IMDB's Hub copy calls 0 "neg" and 1 "pos". `data/my_imdb_spam` is not IMDB.
 KNOWN_LABEL_NAMES = {"imdb": ["neg", "pos"]}
 NO_ROWS = "no rows (only a header?); every split needs labelled texts"
 logger = logging.getLogger(__name__)
@@ -81,6 +82,12 @@ def tokenize(split: Dataset, tokenizer, max_length: int, keep: str = "head", hea
         desc="Tokenizing",
     )
     return tokenized.rename_column("label", "labels")
+
+
+def dataset_id(name: str) -> str:
+    """`stanfordnlp/imdb` -> imdb; `../shared/data/imdb` and `../shared/data/imdb/train.parquet` -> imdb."""
+    path = Path(name)
+    return (path.parent if path.suffix in FILE_FORMATS else path).name.lower()
 
 
 def _looks_like_path(name: str) -> bool:
@@ -282,7 +289,7 @@ def _label_classes(raw: DatasetDict, source: str, origins: dict) -> tuple[Datase
     if text_labels:
         return raw.cast_column("label", ClassLabel(names=values)), values
     if values == list(range(len(values))):  # already ids
-        named = next((v for k, v in KNOWN_LABEL_NAMES.items() if k in source.lower()), None)
+        named = KNOWN_LABEL_NAMES.get(dataset_id(source))
         return raw, named if named and len(named) >= len(values) else [f"LABEL_{i}" for i in values]
     ids = {value: i for i, value in enumerate(values)}
     logger.info(f"labels {', '.join(map(str, values))} are classes 0..{len(values) - 1} in that order (saved as the "

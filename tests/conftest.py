@@ -50,8 +50,10 @@ def gpt2_tokenizer_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def small_imdb(imdb_dir, tmp_path_factory) -> Path:
-    """A directory with IMDB-shaped train.parquet (64 rows) and test.parquet (101 rows), both classes mixed."""
-    out = tmp_path_factory.mktemp("small_imdb")
+    """A directory `imdb` (so its 0/1 labels are IMDB's neg/pos) with train.parquet (64 rows) and test.parquet (101
+    rows) of IMDB, both classes mixed."""
+    out = tmp_path_factory.mktemp("small") / "imdb"
+    out.mkdir()
     for split, rows in (("train", 64), ("test", 101)):
         frame = pd.read_parquet(imdb_dir / f"{split}.parquet").sample(n=rows, random_state=0)
         frame.reset_index(drop=True).to_parquet(out / f"{split}.parquet")
