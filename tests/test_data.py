@@ -65,6 +65,15 @@ def test_imdb_integer_labels_are_named_neg_pos(small_imdb):
     assert (len(splits["train"]), len(splits["eval"])) == (64, 101)
 
 
+@pytest.mark.parametrize(("folder", "names"), [("imdb", ["neg", "pos"]), ("IMDB", ["neg", "pos"]),
+                                               ("my_imdb_spam", ["LABEL_0", "LABEL_1"])])
+def test_only_imdb_itself_names_its_0_1_labels_neg_pos(tmp_path, folder, names):
+    for split, frame in (("train", TRAIN), ("test", TEST)):
+        write(frame, tmp_path / folder / f"{split}.parquet", "parquet")
+    assert load_splits(str(tmp_path / folder))[1] == names
+    assert load_splits(str(tmp_path / folder / "train.parquet"))[1] == names  # one file: its folder's name
+
+
 def test_aclimdb_folder_loads_with_neg_pos(tmp_path):
     root = tmp_path / "aclImdb"
     reviews = {("train", "neg"): ["awful<br />film", "dull"], ("train", "pos"): ["great"],
