@@ -40,8 +40,7 @@ from data import (
 from metrics import classification_metrics, format_report
 from model import (AUTOCAST_DTYPES, BUCKET_MULTIPLE, COMPILE_MODES, compile_classifier, pad_with_eos,
                    prefer_fast_attention, resolve_speed)
-from training.config import Parser
-from training.errors import one_line_errors
+from training.cli import AT_LEAST_ONE, NON_NEGATIVE, Parser, one_line_errors
 
 
 def parse_args(argv=None):
@@ -71,9 +70,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.text and args.input_file:
         parser.error("give --text or --input_file, not both")
-    for name in ("batch_size", "pad_to_multiple_of"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    for name, valid in (("batch_size", AT_LEAST_ONE), ("pad_to_multiple_of", AT_LEAST_ONE),
+                        ("max_length", AT_LEAST_ONE), ("head_tokens", NON_NEGATIVE)):
+        if getattr(args, name) is not None and valid.error(getattr(args, name)):
+            parser.error(f"--{name} {valid.error(getattr(args, name))}")
     if args.output_file and Path(args.output_file).suffix not in (".jsonl", ".csv"):
         parser.error(f"--output_file {args.output_file}: use a .jsonl or .csv name")
     if args.evaluate and not args.input_file:
@@ -126,11 +126,18 @@ def predict(model, tokenizer, texts: list[str], batch_size: int, max_length: int
     probabilities = torch.empty(len(texts), model.config.num_labels)
     autocast = (torch.autocast(device.type, dtype=AUTOCAST_DTYPES[mixed_precision]) if mixed_precision != "no"
                 else contextlib.nullcontext())
-    for batch in loader:
-        rows = batch.pop("row")  # input positions: they stay on the CPU
-        batch = to_device(batch, device)  # pinned, asynchronous copies on CUDA
-        with autocast:
-            probabilities[rows] = model(**batch).logits.float().softmax(dim=-1).cpu()
+    from model import prepare_attention_masks
+
+    masks = prepare_attention_masks(model)  # train.py's: the 4D mask, so the forward reads nothing back (a hook)
+    try:
+        for batch in loader:
+            rows = batch.pop("row")  # input positions: they stay on the CPU
+            batch = to_device(batch, device)  # pinned, asynchronous copies on CUDA
+            with autocast:  # one read per batch: its probabilities
+                probabilities[rows] = model(**batch).logits.float().softmax(dim=-1).cpu()
+    finally:
+        if masks is not None:
+            masks.remove()  # the caller's model as it was
     return probabilities
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from sklearn.metrics import confusion_matrix
 
 from metrics import EVAL_SCALARS, METRICS, averaging
+from metrics.history import History
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,16 @@ def _number(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
 
 
-def write_markdown(path: Path, history: dict) -> None:
-    config, speed = history["config"], history["speed"]
-    before, after = history["before"], history["after"]
+def duration(seconds: float) -> str:
+    """A time a reader can see at any size: 0.42 s reads as 420 ms, not 0 s."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.1f} s" if seconds < 100 else f"{seconds:,.0f} s"
+
+
+def write_markdown(path: Path, history: History) -> None:
+    config, speed = history.config, history.speed
+    before, after = history.before, history.after
     lines = [f"# {config['model_name_or_path']} on {config['dataset_name']}", "",
              f"{config['train_rows']} train / {config['eval_rows']} eval rows, {config['num_train_epochs']} epochs, "
              f"{config['max_train_steps']} optimizer steps of {config['total_train_batch_size']} rows, "
@@ -60,31 +68,30 @@ def write_markdown(path: Path, history: dict) -> None:
     lines += ["", "## Per epoch", ""]
     lines += _table(["epoch", "step", "train loss", *METRICS, "eval loss"],
                     [[e["epoch"], e["step"], _number(e["train_loss"]), *(_number(e.get(k)) for k in EVAL_SCALARS)]
-                     for e in history["epochs"]])
-    if len(history["evaluations"]) != len(history["epochs"]):  # evaluations every N steps
+                     for e in history.epochs])
+    if len(history.evaluations) != len(history.epochs):  # evaluations every N steps
         lines += ["", "## Evaluations", ""]
         lines += _table(["epoch", "step", *EVAL_SCALARS],
                         [[e["epoch"], e["step"], *(_number(e[k]) for k in EVAL_SCALARS)]
-                         for e in history["evaluations"]])
-    if history.get("best"):
-        best = history["best"]
+                         for e in history.evaluations])
+    if history.best:
+        best = history.best
         lines += ["", f"Best {best['metric']}: {best['value']:.4f} at step {best['step']} (epoch {best['epoch']})."]
-    if history.get("stopped_early"):
-        lines += ["", f"Stopped early at step {history['stopped_early']['step']}: {history['stopped_early']['reason']}."]
-    if history.get("confusion_matrix"):
-        names = history["confusion_matrix"]["labels"]
+    if history.stopped_early:
+        lines += ["", f"Stopped early at step {history.stopped_early['step']}: {history.stopped_early['reason']}."]
+    if history.confusion_matrix:
+        names = history.confusion_matrix["labels"]
         lines += ["", "## Confusion matrix (rows: true, columns: predicted)", ""]
-        lines += _table(["", *names], [[name, *row] for name, row in zip(names, history["confusion_matrix"]["matrix"])])
+        lines += _table(["", *names], [[name, *row] for name, row in zip(names, history.confusion_matrix["matrix"])])
     lines += ["", "## Time and throughput", "",
-              f"- wall time: {history['runtime_seconds']:.0f} s (tokenizing {speed['tokenize_seconds']:.1f} s, "
-              f"training {speed['train_seconds']:.0f} s, evaluations "
-              f"{sum(e['seconds'] for e in history['evaluations']) + before['seconds']:.0f} s)",
+              f"- wall time: {duration(history.runtime_seconds)} (tokenizing {duration(speed['tokenize_seconds'])}, "
+              f"training {duration(speed['train_seconds'])}, evaluations {duration(history.evaluation_seconds())})",
               f"- training: {speed['train_samples_per_second']:.2f} samples/s; padding efficiency train "
               f"{speed['train_padding_efficiency']:.3f}, eval {speed['eval_padding_efficiency']:.3f}", ""]
     path.write_text("\n".join(lines))
 
 
-def write_picture(path: Path, history: dict, log: list[dict]) -> bool:
+def write_picture(path: Path, history: History, log: list[dict]) -> bool:
     """report.png; False (with a notice) when matplotlib is not installed."""
     try:
         import matplotlib
@@ -95,19 +102,19 @@ def write_picture(path: Path, history: dict, log: list[dict]) -> bool:
         logger.info("matplotlib is not installed: skipping report.png (pip install matplotlib); report.md is written")
         return False
     figure, ((loss_axis, lr_axis), (eval_axis, matrix_axis)) = plt.subplots(2, 2, figsize=(13, 9))
-    before, after, config = history["before"], history["after"], history["config"]
+    before, after, config = history.before, history.after, history.config
     figure.suptitle(f"{Path(config['model_name_or_path']).name}: {config['train_rows']} train rows, "
                     f"{config['num_train_epochs']} epochs - accuracy {before['accuracy']:.3f} before, "
                     f"{after['accuracy']:.3f} after", fontsize=13)
     steps = [record["step"] for record in log]
     loss_axis.plot(steps, [record["loss"] for record in log], color="tab:blue", alpha=0.45,
                    label="train loss (each logged window)")
-    loss_axis.plot([e["step"] for e in history["epochs"]], [e["train_loss"] for e in history["epochs"]], "s-",
+    loss_axis.plot([e["step"] for e in history.epochs], [e["train_loss"] for e in history.epochs], "s-",
                    color="navy", label="train loss (epoch mean)")
-    evaluations = history["evaluations"]
+    evaluations = history.evaluations
     loss_axis.plot([0] + [e["step"] for e in evaluations], [before["loss"]] + [e["loss"] for e in evaluations],
                    "o--", color="tab:red", label="eval loss")
-    for epoch in history["epochs"]:
+    for epoch in history.epochs:
         for axis in (loss_axis, lr_axis, eval_axis):
             axis.axvline(epoch["step"], color="grey", linestyle=":", linewidth=0.8)
     loss_axis.set(title="Loss (dotted lines: epoch ends)", xlabel="optimizer step", ylabel="cross-entropy")
@@ -119,14 +126,14 @@ def write_picture(path: Path, history: dict, log: list[dict]) -> bool:
     for metric in METRICS:
         values = [before[metric]] + [e[metric] for e in evaluations]
         eval_axis.plot(eval_steps, values, "o-", label=f"{metric} ({values[-1]:.3f})")
-    if history.get("confusion_matrix"):  # what always answering the most common label would score
-        majority = max(map(sum, history["confusion_matrix"]["matrix"])) / config["eval_rows"]
+    if history.confusion_matrix:  # what always answering the most common label would score
+        majority = max(map(sum, history.confusion_matrix["matrix"])) / config["eval_rows"]
         eval_axis.axhline(majority, color="grey", linestyle="--", label=f"majority-label accuracy ({majority:.3f})")
     eval_axis.set(title=f"Evaluation on {config['eval_rows']} rows (step 0: before training)", xlabel="optimizer step",
                   ylim=(0, 1.02))
     eval_axis.legend(loc="lower right")
-    if history.get("confusion_matrix"):
-        names, matrix = history["confusion_matrix"]["labels"], history["confusion_matrix"]["matrix"]
+    if history.confusion_matrix:
+        names, matrix = history.confusion_matrix["labels"], history.confusion_matrix["matrix"]
         matrix_axis.imshow(matrix, cmap="Blues")
         for true, row in enumerate(matrix):
             for predicted, count in enumerate(row):
@@ -151,7 +158,7 @@ def main(argv=None) -> None:
     folder = Path(parser.parse_args(argv).output_dir)
     if not (folder / "metrics.json").is_file():
         raise SystemExit(f"error: {folder}: no metrics.json (is it a finished train.py output dir?)")
-    history = json.loads((folder / "metrics.json").read_text())
+    history = History.read(folder / "metrics.json")
     log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     write_markdown(folder / "report.md", history)
     drawn = write_picture(folder / "report.png", history, log)

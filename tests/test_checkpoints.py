@@ -99,12 +99,43 @@ def test_save_total_limit_keeps_the_newest_and_the_best(checkpointed_run):
     assert names[:-2] == ([f"step_{best_step}"] if best_step % 5 == 0 and best_step < 25 else [])
 
 
-def test_resume_with_other_settings_is_refused_naming_them(tiny_bert, small_imdb, checkpointed_run, tmp_path):
-    changed = common(tiny_bert, small_imdb) + ["--per_device_train_batch_size", 8]
-    result = run_train(changed + ["--output_dir", checkpointed_run, "--resume_from_checkpoint",
-                                  checkpointed_run / "checkpoints" / "step_30"], check=False)
+def resume_checkpointed(model, data, checkpointed_run, changed: list):
+    """Resume the checkpointed run with its own flags (the MAY_CHANGE ones left out) and `changed` after them."""
+    return run_train(common(model, data) + ["--metric_for_best_model", "loss", "--save_best_model", "--output_dir",
+                                            checkpointed_run, "--resume_from_checkpoint",
+                                            checkpointed_run / "checkpoints" / "step_30", *changed], check=False)
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tiny_bert, small_imdb, checkpointed_run):
+    result = resume_checkpointed(tiny_bert, small_imdb, checkpointed_run, ["--per_device_train_batch_size", 8])
     assert result.returncode == 1
-    assert "was made with other settings (per_device_train_batch_size: 4 -> 8)" in result.stderr
+    # The flag, and what it changes in the plan.
+    assert "was made with other settings (per_device_train_batch_size: 4 -> 8; max_train_steps: 32 -> 16)" in result.stderr
+
+
+def test_resume_names_every_setting_that_would_change_the_run(tiny_bert, small_imdb, checkpointed_run):
+    """Batches (grouping), clipping, precision, class names and the best model's metric: each would make the resumed
+    run another run (a best loss compared with accuracies). All five named in one line, nothing written."""
+    before = sorted((checkpointed_run / "log.jsonl").read_text().splitlines())
+    result = resume_checkpointed(tiny_bert, small_imdb, checkpointed_run, [
+        "--no-group_by_length", "--max_grad_norm", 0, "--mixed_precision", "bf16", "--label_names", "bad", "good",
+        "--metric_for_best_model", "accuracy"])
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {checkpointed_run / 'checkpoints' / 'step_30'} was made with other settings (label_names: "
+        "['neg', 'pos'] -> ['bad', 'good']; group_by_length: True -> False; max_grad_norm: 1.0 -> 0.0; "
+        "mixed_precision: 'no' -> 'bf16'; metric_for_best_model: 'loss' -> 'accuracy'); resume with the same flags, "
+        "or start a new --output_dir")
+    assert sorted((checkpointed_run / "log.jsonl").read_text().splitlines()) == before
+
+
+def test_resume_may_change_where_and_how_often_outputs_are_written(tiny_bert, small_imdb, checkpointed_run, tmp_path):
+    """MAY_CHANGE flags (output dir, logging, checkpointing, eval batch size) do not stop a resume."""
+    result = resume_checkpointed(tiny_bert, small_imdb, checkpointed_run, [
+        "--output_dir", tmp_path / "elsewhere", "--logging_steps", 3, "--checkpointing_steps", 7,
+        "--per_device_eval_batch_size", 16])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"Resumed from {checkpointed_run / 'checkpoints' / 'step_30'}: epoch 2, step 30" in result.stderr
 
 
 def test_best_model_is_saved_with_where_it_came_from(checkpointed_run, small_imdb):

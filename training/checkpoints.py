@@ -13,14 +13,6 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.json"
-# Settings (as given, plus the process count) that change the data, the batches or the schedule: resuming with other
-# values would not continue the run but start a different one from the middle.
-RESUME_KEYS = (
-    "model_name_or_path", "dataset_name", "text_column", "label_column", "validation_split_percentage",
-    "train_samples", "eval_samples", "subset_seed", "max_length", "truncation_keep", "head_tokens", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "num_processes", "learning_rate", "weight_decay", "num_train_epochs", "max_train_steps", "num_warmup_steps",
-    "warmup_ratio", "lr_scheduler_type", "seed",
-)
 
 
 def checkpoints_dir(output_dir) -> Path:
@@ -79,11 +71,12 @@ def load_training_state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / STATE_FILE).read_text())
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """`key: saved -> current` for every resume-relevant setting that changed (settings newer than the checkpoint are
-    not compared)."""
-    return [f"{key}: {saved[key]!r} -> {current.get(key)!r}" for key in RESUME_KEYS
-            if key in saved and saved[key] != current.get(key)]
+def config_differences(saved: dict, current: dict, resolved: set) -> list[str]:
+    """`name: saved -> current` for every setting a resume must repeat (train.py's REPEAT flags as the run resolved
+    them, and the process count) that differs. Not compared: settings newer than the checkpoint, and a saved None for
+    a `resolved` one (checkpoints before this version saved those flags as given, not as the run resolved them)."""
+    return [f"{key}: {saved[key]!r} -> {value!r}" for key, value in current.items()
+            if key in saved and saved[key] != value and not (saved[key] is None and key in resolved)]
 
 
 def prune_checkpoints(output_dir, keep: int | None, best_step: int | None) -> list[Path]:

@@ -7,6 +7,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import types
 import typing
 from functools import partial
@@ -15,15 +16,9 @@ from pathlib import Path
 import yaml
 
 from model import resolve_speed
-from training.telemetry import trackers_for
+from training.cli import Parser, flag, flag_errors
 
 DEBUG_TRAIN_ROWS, DEBUG_EVAL_ROWS, DEBUG_EVAL_STEPS, DEBUG_MAX_LENGTH = 64, 32, 4, 128  # --debug: a run of seconds
-
-
-def flag(default, help: str = "", *, group: str | None, choices=None):
-    """A Config field that is also a command-line flag `--NAME` (in --help's `group`; None: at the top)."""
-    return dataclasses.field(default=default, metadata={"help": help, "group": group, "choices": choices})
-
 
 data_flag, model_flag, optim_flag, eval_flag, output_flag, speed_flag, debug_flag = (
     partial(flag, group=name) for name in ("data", "model", "optimization", "evaluation, best model, early stopping",
@@ -40,21 +35,6 @@ def value_type(annotation) -> type:
 
 def is_list(annotation) -> bool:
     return typing.get_origin(value_type(annotation)) is tuple
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and every flag's default in --help."""
-
-
-class Parser(argparse.ArgumentParser):
-    """No abbreviations (`--learning_rat` is an error, not --learning_rate); a bad flag is one line on stderr, with
-    argparse's exit code 2, instead of the whole usage."""
-
-    def __init__(self, **kwargs):
-        super().__init__(allow_abbrev=False, formatter_class=HelpFormatter, **kwargs)
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (python {self.prog} --help lists the flags)\n")
 
 
 def build_parser(config_class, description: str, prog: str = "train.py") -> argparse.ArgumentParser:
@@ -86,18 +66,34 @@ def parse_config(config_class, argv: list, description: str):
     values |= {name: tuple(value) for name, value in values.items() if isinstance(value, list)}  # frozen: no lists
     if values["debug"]:
         values |= debug_values(values)
-    check(values, parser)
+    check(values, config_class, parser)
     return config_class(**values)
+
+
+class FlagFileLoader(yaml.SafeLoader):
+    """YAML as a flag file means it: only true/false are booleans (YAML 1.2). PyYAML's YAML 1.1 also reads yes/no/on/off
+    as booleans, which turned `eval_strategy: no` into False and `label_names: [no, yes]` into [False, True]."""
+
+
+FlagFileLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+FlagFileLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                     list("tTfF"))
+SWITCH_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
 
 def file_arguments(path: str, config_class, parser: argparse.ArgumentParser) -> list[str]:
     """A YAML/JSON file of flag values turned into command-line arguments, so argparse converts and checks them like
-    typed flags. Unknown keys are an error naming the nearest flag; `key: null` keeps the default."""
+    typed flags: each value reaches its flag as that flag's type (`no` stays the string `no` for a string flag; a
+    switch takes true/false, or yes/no/on/off). Unknown keys are an error naming the nearest flag; `key: null` keeps
+    the default."""
     file = Path(path)
     if not file.is_file():
         parser.error(f"--config {path}: no such file")
     try:
-        values = json.loads(file.read_text()) if file.suffix == ".json" else yaml.safe_load(file.read_text())
+        text = file.read_text()
+        values = json.loads(text) if file.suffix == ".json" else yaml.load(text, Loader=FlagFileLoader)
     except (ValueError, yaml.YAMLError) as error:
         parser.error(f"--config {path}: not valid {'JSON' if file.suffix == '.json' else 'YAML'} "
                      f"({str(error).splitlines()[0]})")
@@ -114,6 +110,7 @@ def file_arguments(path: str, config_class, parser: argparse.ArgumentParser) -> 
         if value is None:
             continue
         if value_type(field.type) is bool:
+            value = SWITCH_WORDS.get(value.lower(), value) if isinstance(value, str) else value
             if not isinstance(value, bool):
                 parser.error(f"--config {path}: {key} must be true or false, got {value!r}")
             if field.default is not False:  # a BooleanOptionalAction
@@ -142,54 +139,34 @@ def debug_values(values: dict) -> dict:
     return changed
 
 
-def check(values: dict, parser: argparse.ArgumentParser) -> None:
-    """Fail before any work: every check a user can get wrong from the command line (--checkpointing_steps N becomes
-    an int here)."""
-    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs",
-                 "gradient_accumulation_steps", "logging_steps", "pad_to_multiple_of"):
-        if values[name] is not None and values[name] <= 0:
-            parser.error(f"--{name} must be positive, got {values[name]}")
-    if values["learning_rate"] <= 0:
-        parser.error(f"--learning_rate must be positive, got {values['learning_rate']}")
-    if values["max_train_steps"] is not None and values["max_train_steps"] <= 0:
-        parser.error(f"--max_train_steps must be positive, got {values['max_train_steps']}")
-    if values["num_warmup_steps"] is not None and values["warmup_ratio"] is not None:
-        parser.error("give --num_warmup_steps or --warmup_ratio, not both")
-    if values["warmup_ratio"] is not None and not 0 <= values["warmup_ratio"] < 1:
-        parser.error(f"--warmup_ratio must be in [0, 1), got {values['warmup_ratio']}")
+def check(values: dict, config_class, parser: argparse.ArgumentParser) -> None:
+    """Fail before any work: each flag's own range and check (declared with the flag), then the combinations of flags
+    a user can get wrong (--checkpointing_steps N becomes an int here)."""
     steps = values["checkpointing_steps"]
     if steps not in (None, "epoch"):
         if not steps.isdigit() or int(steps) <= 0:
             parser.error(f"--checkpointing_steps must be a positive integer or 'epoch', got {steps!r}")
         values["checkpointing_steps"] = int(steps)
+    errors = flag_errors(config_class, values)
+    if errors:
+        parser.error(errors[0] if len(errors) == 1 else "; ".join(errors))
+    if values["num_warmup_steps"] is not None and values["warmup_ratio"] is not None:
+        parser.error("give --num_warmup_steps or --warmup_ratio, not both")
     if (values["eval_strategy"] == "steps") != (values["eval_steps"] is not None):
         parser.error("--eval_steps goes with --eval_strategy steps, and that needs --eval_steps")
-    if values["eval_steps"] is not None and values["eval_steps"] <= 0:
-        parser.error(f"--eval_steps must be positive, got {values['eval_steps']}")
     if values["eval_strategy"] == "no" and (values["early_stopping_patience"] or values["load_best_model_at_end"]):
         parser.error("--early_stopping_patience and --load_best_model_at_end need evaluations: not --eval_strategy no")
-    if values["profile_steps"] < 0:
-        parser.error(f"--profile_steps must be >= 0, got {values['profile_steps']}")
-    for name in ("early_stopping_patience", "save_total_limit"):
-        if values[name] is not None and values[name] <= 0:
-            parser.error(f"--{name} must be positive, got {values[name]}")
-    percentage = values["validation_split_percentage"]
-    if percentage is not None and not 0 < percentage < 100:
-        parser.error(f"--validation_split_percentage must be between 1 and 99, got {percentage}")
-    if values["dataloader_num_workers"] < 0:
-        parser.error(f"--dataloader_num_workers must be >= 0, got {values['dataloader_num_workers']}")
-    try:
-        trackers_for(values["report_to"])
-    except ValueError as error:
-        parser.error(str(error))
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """The numbers derived from the config, the data, the model and the processes; computed once, saved with the run.
-    Steps count optimizer steps across all processes."""
+    """What the run resolves from the config, the data, the model, the device and the processes; computed once, saved
+    with the run. A field named like a flag is that flag's resolved value. Steps count optimizer steps across all
+    processes."""
 
+    label_names: list[str]  # --label_names, or the data's classes
     max_length: int  # --max_length, or the model's limit capped at 512
+    mixed_precision: str  # --mixed_precision, or the launcher's
     num_processes: int
     torch_compile: bool  # --torch_compile, or the device's default (model/compiling.py)
     pad_to_multiple_of: int  # 1: each batch padded to its longest row
@@ -202,16 +179,18 @@ class Plan:
     num_warmup_steps: int
 
 
-def make_plan(config, train_rows: int, num_processes: int, max_length: int, device) -> Plan:
+def make_plan(config, train_rows: int, label_names: list[str], max_length: int, accelerator) -> Plan:
     torch_compile, pad_to_multiple_of, eval_batch_size = resolve_speed(
-        device, config.torch_compile, config.torch_compile_mode, config.pad_to_multiple_of,
+        accelerator.device, config.torch_compile, config.torch_compile_mode, config.pad_to_multiple_of,
         config.per_device_eval_batch_size)
-    global_batch_size = config.per_device_train_batch_size * num_processes
+    global_batch_size = config.per_device_train_batch_size * accelerator.num_processes
     accumulation = config.gradient_accumulation_steps
     steps_per_epoch = math.ceil(math.ceil(train_rows / global_batch_size) / accumulation)
     max_train_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
-    return Plan(max_length=max_length, num_processes=num_processes, torch_compile=torch_compile,
-                pad_to_multiple_of=pad_to_multiple_of, eval_batch_size=eval_batch_size, global_batch_size=global_batch_size,
-                total_train_batch_size=global_batch_size * accumulation, steps_per_epoch=steps_per_epoch,
-                max_train_steps=max_train_steps, num_train_epochs=math.ceil(max_train_steps / steps_per_epoch),
+    return Plan(label_names=list(label_names), max_length=max_length, mixed_precision=accelerator.mixed_precision,
+                num_processes=accelerator.num_processes, torch_compile=torch_compile,
+                pad_to_multiple_of=pad_to_multiple_of, eval_batch_size=eval_batch_size,
+                global_batch_size=global_batch_size, total_train_batch_size=global_batch_size * accumulation,
+                steps_per_epoch=steps_per_epoch, max_train_steps=max_train_steps,
+                num_train_epochs=math.ceil(max_train_steps / steps_per_epoch),
                 num_warmup_steps=config.num_warmup_steps or math.ceil((config.warmup_ratio or 0) * max_train_steps))

@@ -9,7 +9,7 @@ import datasets
 import torch
 import transformers
 
-from training.errors import RunError
+from training.cli import RunError
 
 logger = logging.getLogger("train")
 

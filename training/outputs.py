@@ -7,6 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from metrics.history import History
 from metrics.report import confusion, write_markdown, write_picture
 from training.checkpoints import find_checkpoint, list_checkpoints
 
@@ -54,16 +55,16 @@ def save_model(model, tokenizer, accelerator, directory: Path) -> None:
     accelerator.wait_for_everyone()
 
 
-def write_results(output_dir: Path, history: dict, eval_labels: list, predictions: list | None,
+def write_results(output_dir: Path, history: History, eval_labels: list, predictions: list | None,
                   label_names: list[str]) -> None:
     """metrics.json, eval_predictions.jsonl (the final model's prediction of every eval row, in input order: unknown
     only when resuming after the evaluation that made it), report.md and report.png."""
     if predictions is not None:
-        history["confusion_matrix"] = confusion(eval_labels, predictions, label_names)
+        history.confusion_matrix = confusion(eval_labels, predictions, label_names)
         lines = [json.dumps({"row": i, "label": int(y), "prediction": p})
                  for i, (y, p) in enumerate(zip(eval_labels, predictions))]
         (output_dir / "eval_predictions.jsonl").write_text("\n".join(lines) + "\n")
-    (output_dir / "metrics.json").write_text(json.dumps(history, indent=2) + "\n")
+    history.write(output_dir / "metrics.json")
     write_markdown(output_dir / "report.md", history)
     write_picture(output_dir / "report.png", history,
                   [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()])

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from metrics.history import History
+
 
 class BestTracker:
     """The best evaluation so far by one metric, and how many evaluations have passed without beating it."""
@@ -45,11 +47,6 @@ class BestTracker:
         self.best, self.evaluations_without_improvement = state["best"], state["evaluations_without_improvement"]
 
 
-def new_history() -> dict:
-    """What metrics.json reports of the run so far."""
-    return {"before": None, "epochs": [], "evaluations": [], "best": None, "stopped_early": None}
-
-
 @dataclass
 class TrainState:
     """The loop's counters and sums. Loss sums live on the device, per process (adding to them needs no sync); a
@@ -58,16 +55,16 @@ class TrainState:
     tracker: BestTracker
     device: torch.device
     epoch: int = 0  # the epoch in progress (0-based)
-    batches_done: int = 0  # micro-batches of that epoch already trained (what a resume skips)
+    batches_done: int = 0  # micro-batches of that epoch trained by this process (what a resume skips)
     completed_steps: int = 0  # optimizer steps taken
     epoch_rows: int = 0  # rows (all processes) trained this epoch
     window_rows: int = 0  # rows since the last log.jsonl line
-    history: dict = field(default_factory=new_history)
+    history: History = field(default_factory=History)
     epoch_loss: torch.Tensor | float = 0.0  # sums of per-row losses (this process's, on the device)
     window_loss: torch.Tensor | float = 0.0
     step_loss: torch.Tensor | float = 0.0  # the optimizer step in progress: checked for NaN/inf before the update
 
-    NOT_SAVED = ("tracker", "device")  # the tracker saves itself; the device is this process's
+    NOT_SAVED = ("tracker", "device", "history")  # these two save themselves; the device is this process's
 
     def __post_init__(self):
         for name in self._sums():
@@ -76,22 +73,25 @@ class TrainState:
     def _sums(self) -> list[str]:
         return [f.name for f in fields(self) if f.type == torch.Tensor | float]
 
-    def add_losses(self, row_losses: torch.Tensor) -> None:
+    def micro_batch_done(self, row_losses: torch.Tensor) -> None:
+        """Its losses added to the sums (on the device), and one more micro-batch of the epoch trained."""
         total = row_losses.detach().sum()
         self.epoch_loss += total
         self.window_loss += total
         self.step_loss += total
+        self.batches_done += 1
 
     def step_taken(self, rows: int) -> None:
         self.completed_steps += 1
         self.epoch_rows += rows
         self.window_rows += rows
 
-    def start_epoch(self, epoch: int, resumed_into_it: bool) -> None:
-        self.epoch = epoch
-        if not resumed_into_it:
-            self.epoch_loss.zero_()
-            self.epoch_rows = 0
+    def next_epoch(self) -> None:
+        """After an epoch's end (its loss reported): the next one starts from nothing."""
+        self.epoch += 1
+        self.batches_done = 0
+        self.epoch_loss.zero_()
+        self.epoch_rows = 0
 
     def reset_window(self) -> None:
         self.window_loss.zero_()
@@ -102,11 +102,13 @@ class TrainState:
         sums = self._sums()
         totals = accelerator.reduce(torch.stack([getattr(self, name) for name in sums]), "sum").tolist()
         plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in (*sums, *self.NOT_SAVED)}
-        return plain | dict(zip(sums, totals)) | {"tracker": self.tracker.state_dict()}
+        return {**plain, **dict(zip(sums, totals)), "tracker": self.tracker.state_dict(),
+                "history": self.history.to_dict()}
 
     def load_state_dict(self, saved: dict, is_main: bool) -> None:
         saved = saved | saved.get("running", {})  # checkpoints from before TrainState kept the sums under "running"
         self.tracker.load_state_dict(saved["tracker"])
+        self.history = History.from_dict(saved["history"])
         sums = self._sums()
         for f in fields(self):
             if f.name in sums:  # reductions add every process's share: the sum lives on one process

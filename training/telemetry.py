@@ -1,6 +1,6 @@
 """What the loop measures but does not need: log.jsonl, the trackers (TensorBoard, W&B), the progress bar, the
 profiler, the phase timer, tokens, padding efficiency and MFU. The loop calls it at four points: each phase of a step
-(`lap`), each micro-batch (`count_tokens`), each optimizer step (`step_done`) and each evaluation (`evaluated`).
+(`lap`), each micro-batch (`batch_loaded`), each optimizer step (`step_done`) and each evaluation (`evaluated`).
 
 Token counts stay on the device and are summed over processes only at logging steps: no host sync per step.
 """
@@ -20,20 +20,22 @@ logger = logging.getLogger("train")
 TRACKED_TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "samples_per_second", "tokens_per_second")
 
 
-def trackers_for(report_to: str) -> list[str]:
-    """The accelerate trackers --report_to asks for; one that is not installed is an error saying what to install."""
+def missing_trackers(report_to: str) -> str | None:
+    """What --report_to asks for that is not installed (with what to install), or None."""
     installed = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
-    if report_to == "none":
-        return []
+    if report_to == "all" and not any(installed.values()):
+        return "neither tensorboard nor wandb is installed; pip install tensorboard (or wandb), or pass --report_to none"
+    if report_to in installed and not installed[report_to]:
+        return f"{report_to} is not installed; pip install {report_to}, or pass --report_to none"
+    return None
+
+
+def trackers_for(report_to: str) -> list[str]:
+    """The accelerate trackers --report_to asks for (checked with the flag: see missing_trackers)."""
     if report_to == "all":
-        if not any(installed.values()):
-            raise ValueError("--report_to all: neither tensorboard nor wandb is installed; pip install tensorboard "
-                             "(or wandb), or pass --report_to none")
-        return [name for name, present in installed.items() if present]
-    if not installed[report_to]:
-        raise ValueError(f"--report_to {report_to}: {report_to} is not installed; pip install {report_to}, or pass "
-                         "--report_to none")
-    return [report_to]
+        return [name for name, present in (("tensorboard", is_tensorboard_available()),
+                                           ("wandb", is_wandb_available())) if present]
+    return [] if report_to == "none" else [report_to]
 
 
 def tracked(metrics: dict, prefix: str) -> dict:
@@ -68,6 +70,11 @@ class Telemetry:
     def restart(self) -> None:
         """What happens next (an evaluation, a checkpoint) is not training time."""
         self.timer.restart()
+
+    def batch_loaded(self, batch: dict) -> None:
+        """A training micro-batch is on the device: the data phase ends; its tokens are counted."""
+        self.timer.lap("data")
+        self.count_tokens(batch["attention_mask"])
 
     def count_tokens(self, attention_mask: torch.Tensor) -> None:
         lengths = attention_mask.sum(dim=1)  # real tokens per row (no .item(): no GPU sync)
