@@ -39,7 +39,7 @@ from training.cli import (AT_LEAST_ONE, MAY_CHANGE, NON_NEGATIVE, POSITIVE, REPE
 from training.config import (DEBUG_EVAL_ROWS, DEBUG_EVAL_STEPS, DEBUG_MAX_LENGTH, DEBUG_TRAIN_ROWS, Plan, data_flag,
                              debug_flag, eval_flag, make_plan, model_flag, optim_flag, output_flag, parse_config,
                              speed_flag)
-from training.environment import check_process_group, configure_logging, use_the_cores
+from training.environment import check_process_group, configure_logging, log_distributed_type, use_the_cores
 from training.nonfinite import NonFiniteGuard
 from training.outputs import check_output_dir, open_output_dir, save_model, write_results
 from training.state import BestTracker, TrainState
@@ -255,6 +255,7 @@ def set_up(config: Config) -> Run:
                               project_dir=Path(config.output_dir) / "tensorboard")
     check_process_group(accelerator)
     configure_logging(accelerator)
+    log_distributed_type(accelerator)
     use_the_cores(accelerator)
     with one_line_errors(config.debug):
         checkpoint = check_output_dir(config)
@@ -330,7 +331,8 @@ def train_epoch(run: Run, epoch: int) -> None:
     config, plan, accelerator, model, state, telemetry = (run.config, run.plan, run.accelerator, run.model, run.state,
                                                            run.telemetry)
     batches, rows_per_step, epoch_length = epoch_batches(run, epoch)
-    accumulation, clip_at = config.gradient_accumulation_steps, config.max_grad_norm if config.max_grad_norm > 0 else math.inf
+    accumulation = config.gradient_accumulation_steps
+    clip_at = config.max_grad_norm if config.max_grad_norm > 0 else math.inf  # no clipping: a clip at infinity
     telemetry.restart()
     for batch in on_device(batches, accelerator.device):
         telemetry.batch_loaded(batch)  # the data phase's time, the batch's tokens (on the device: no sync)

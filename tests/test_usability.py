@@ -1,15 +1,22 @@
 """Config files, --debug, trackers (TensorBoard), and the run's report.md / report.png."""
 
 import json
+import logging
 import struct
 import sys
+import types
 
 import pytest
+import torch
+from accelerate.utils import DistributedType
 
 import train
 import training.telemetry
 from conftest import ROOT, read_outputs, run_train
-from metrics.report import write_picture
+from metrics.history import History
+from metrics.report import duration, write_picture
+from training.environment import log_distributed_type
+from training.telemetry import flop_rate
 
 
 def test_config_file_values_with_command_line_overrides(tmp_path):
@@ -132,7 +139,7 @@ def test_without_matplotlib_the_picture_is_skipped_with_a_notice(debug_run, monk
     metrics, log = read_outputs(debug_run)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     with caplog.at_level("INFO"):
-        assert write_picture(tmp_path / "report.png", metrics, log) is False
+        assert write_picture(tmp_path / "report.png", History.from_dict(metrics), log) is False
     assert not (tmp_path / "report.png").exists()
     assert "matplotlib is not installed: skipping report.png (pip install matplotlib)" in caplog.text
 
@@ -164,3 +171,31 @@ def test_the_report_is_drawn_again_from_an_output_dir(debug_run, tmp_path, capsy
     assert capsys.readouterr().out == f"wrote {folder / 'report.md'} and {folder / 'report.png'}\n"
     with pytest.raises(SystemExit, match="no metrics.json"):
         report.main([str(tmp_path)])
+
+
+def test_short_times_and_small_peaks_are_shown_in_units_that_show_them(debug_run):
+    assert [duration(s) for s in (0.0, 0.42, 3.14159, 1234.5)] == ["0 ms", "420 ms", "3.1 s", "1,234 s"]
+    assert [flop_rate(t) for t in (0.0384, 989.4)] == ["38.4 GFLOP/s", "989.4 TFLOP/s"]
+    metrics, _ = read_outputs(debug_run)
+    assert f"training {duration(metrics['speed']['train_seconds'])}, evaluations " in (
+        debug_run / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("variable", "asked"), [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED",
+                                                                                    "DEEPSPEED")])
+def test_the_distributed_type_that_runs_is_logged_and_a_config_it_is_not_is_said(variable, asked, monkeypatch,
+                                                                                 caplog):
+    """`accelerate launch --config_file fsdp.yaml` with ACCELERATE_USE_CPU=1 runs MULTI_CPU (plain DDP), silently."""
+    caplog.set_level(logging.INFO, logger="train")
+    accelerator = types.SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, num_processes=2,
+                                        device=torch.device("cpu"), mixed_precision="no")
+    monkeypatch.setenv(variable, "true")
+    log_distributed_type(accelerator)
+    assert caplog.messages == [
+        "distributed type MULTI_CPU: 2 process(es) on cpu, mixed precision no",
+        f"the launcher's config asked for {asked} ({variable}=true) but accelerate runs MULTI_CPU on cpu: the model is "
+        f"not sharded (accelerate turns {asked} into MULTI_CPU without a GPU)"]
+    caplog.clear()
+    monkeypatch.setenv(variable, "false")
+    log_distributed_type(accelerator)
+    assert len(caplog.messages) == 1

@@ -1,5 +1,5 @@
-"""The process the loop runs in: one group of processes (not N lone trainings), logging on the main process only,
-and all the CPU cores under `accelerate launch`."""
+"""The process the loop runs in: one group of processes (not N lone trainings), the distributed type that really runs,
+logging on the main process only, and all the CPU cores under `accelerate launch`."""
 
 import logging
 import os
@@ -8,6 +8,7 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
+from accelerate.utils import DistributedType
 
 from training.cli import RunError
 
@@ -21,6 +22,24 @@ def check_process_group(accelerator) -> None:
         raise RunError(f"the launcher started {launched} processes but they did not join one group, so each would "
                        f"train alone; on a CPU set ACCELERATE_USE_CPU=1: ACCELERATE_USE_CPU=1 accelerate launch "
                        f"--multi_gpu --num_processes {launched} train.py ...")
+
+
+# What `accelerate launch --config_file` asks for, as the environment variable it sets for the processes.
+LAUNCHER_ASKS = {"ACCELERATE_USE_FSDP": DistributedType.FSDP, "ACCELERATE_USE_DEEPSPEED": DistributedType.DEEPSPEED,
+                 "ACCELERATE_USE_MEGATRON_LM": DistributedType.MEGATRON_LM}
+
+
+def log_distributed_type(accelerator) -> None:
+    """Say what runs (DDP, FSDP, ... on which device), and warn when it is not what the launcher's config asked for:
+    accelerate quietly turns FSDP on a machine without GPUs (ACCELERATE_USE_CPU=1) into plain multi-CPU DDP."""
+    actual = accelerator.distributed_type
+    logger.info(f"distributed type {actual.value}: {accelerator.num_processes} process(es) on "
+                f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}")
+    for variable, asked in LAUNCHER_ASKS.items():
+        if os.environ.get(variable, "false").lower() == "true" and actual != asked:
+            logger.warning(f"the launcher's config asked for {asked.value} ({variable}=true) but accelerate runs "
+                           f"{actual.value} on {accelerator.device.type}: the model is not sharded (accelerate turns "
+                           f"{asked.value} into {actual.value} without a GPU)")
 
 
 def configure_logging(accelerator) -> None:

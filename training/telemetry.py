@@ -38,6 +38,11 @@ def trackers_for(report_to: str) -> list[str]:
     return [] if report_to == "none" else [report_to]
 
 
+def flop_rate(tflops: float) -> str:
+    """A peak a reader can see: a CPU's 0.04 TFLOP/s reads as 40.0 GFLOP/s, not 0.0 TFLOP/s."""
+    return f"{tflops:.1f} TFLOP/s" if tflops >= 1 else f"{tflops * 1000:.1f} GFLOP/s"
+
+
 def tracked(metrics: dict, prefix: str) -> dict:
     """The scalars of an evaluation for the trackers: eval/accuracy, eval/f1, ..."""
     return {f"{prefix}/{k}": v for k, v in metrics.items() if k in EVAL_SCALARS}
@@ -56,7 +61,7 @@ class Telemetry:
         self.timer = PhaseTimer(device, synchronize=config.profile_steps > 0)
         self.peak_tflops = config.peak_tflops or measure_peak_tflops(device)
         source = "--peak_tflops" if config.peak_tflops else f"the dense matmul rate measured on {device}"
-        logger.info(f"MFU is relative to {self.peak_tflops:.1f} TFLOP/s per process ({source})")
+        logger.info(f"MFU is relative to {flop_rate(self.peak_tflops)} per process ({source})")
         self.flop_rates = training_flop_rates(classifier)
         if tracker_config is not None:  # every process calls it; only the main process writes
             accelerator.init_trackers("text-classification", config=tracker_config)
