@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from torch._dynamo.utils import counters
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import train
@@ -62,20 +61,18 @@ def test_bucketed_batches_give_the_eager_per_step_losses(tiny_bert, small_imdb, 
     assert bucketed["speed"]["eval_padding_efficiency"] < eager["speed"]["eval_padding_efficiency"]
 
 
-def test_compiled_run_gives_the_eager_per_step_losses(tiny_bert, small_imdb, tmp_path):
+def test_compiled_run_gives_the_eager_per_step_losses(compiled_tiny_bert_run, tmp_path):
     # Batches of many lengths (up to 256 tokens) and a short last one: still one graph for training, one for eval.
-    common = ["--model_name_or_path", tiny_bert, "--dataset_name", small_imdb, "--train_samples", 18,
-              "--eval_samples", 10, "--num_train_epochs", 1, *FAST, "--max_length", 256]
-    run_train(common + ["--output_dir", tmp_path / "eager", "--no-torch_compile"])
-    counters.clear()
-    run_train(common + ["--output_dir", tmp_path / "compiled", "--torch_compile"])
-    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]  # training, evaluation: whole
-    eager, compiled = read_outputs(tmp_path / "eager")[0], read_outputs(tmp_path / "compiled")[0]
-    assert compiled["config"]["torch_compile"] is True and compiled["speed"]["compile_seconds"] > 0
-    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-4)
-    assert compiled["after"]["loss"] == pytest.approx(eager["after"]["loss"], abs=1e-4)
+    compiled = compiled_tiny_bert_run
+    assert len({round(r["tokens_per_second"] / r["samples_per_second"]) for r in compiled.log}) == 3  # 3 lengths
+    assert compiled.unique_graphs == 2 and not compiled.graph_breaks  # training, evaluation: whole
+    run_train(compiled.args + ["--output_dir", tmp_path / "eager", "--no-torch_compile"])
+    eager = read_outputs(tmp_path / "eager")[0]
+    assert compiled.metrics["config"]["torch_compile"] is True and compiled.metrics["speed"]["compile_seconds"] > 0
+    assert [r["loss"] for r in compiled.log] == pytest.approx(losses(tmp_path / "eager"), abs=1e-4)
+    assert compiled.metrics["after"]["loss"] == pytest.approx(eager["after"]["loss"], abs=1e-4)
     # The saved model is the plain module (compiling in place keeps the parameter names).
-    saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "compiled")
+    saved = AutoModelForSequenceClassification.from_pretrained(compiled.output_dir)
     assert not any("_orig_mod" in name for name, _ in saved.named_parameters())
 
 

@@ -43,19 +43,30 @@ def test_log_records_throughput_and_the_profiler_writes_a_trace(tiny_bert, small
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to see the thread fix")
 def test_plain_accelerate_launch_uses_the_cores_unless_told(tiny_bert, small_imdb, tmp_path):
-    def launch(extra, out):
+    def launch(extra, out):  # started at once: the two launches (seconds of imports each) run side by side
         env = os.environ | {"HF_HUB_OFFLINE": "1"}
         env.pop("OMP_NUM_THREADS", None)
         command = [sys.executable, "-m", "accelerate.commands.launch", *extra, str(ROOT / "train.py"),
                    "--model_name_or_path", str(tiny_bert), "--dataset_name", str(small_imdb), "--output_dir", str(out),
-                   "--train_samples", "8", "--eval_samples", "8", "--num_train_epochs", "1", *map(str, TINY)]
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result.stderr
+                   "--train_samples", "8", "--eval_samples", "8", "--num_train_epochs", "1", "--eval_strategy", "no",
+                   "--peak_tflops", "1", *map(str, TINY)]
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    threads = os.cpu_count()
-    assert f"accelerate launch set OMP_NUM_THREADS=1; using {threads} threads per process" in launch([], tmp_path / "a")
-    assert "threads per process" not in launch(["--num_cpu_threads_per_process", "1"], tmp_path / "b")
+    def stderr_of(process):
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+        return stderr
+
+    untold, told = launch([], tmp_path / "a"), launch(["--num_cpu_threads_per_process", "1"], tmp_path / "b")
+    try:
+        threads = os.cpu_count()
+        assert f"accelerate launch set OMP_NUM_THREADS=1; using {threads} threads per process" in stderr_of(untold)
+        assert "threads per process" not in stderr_of(told)
+    finally:
+        for process in (untold, told):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def test_bf16_on_the_cpu_trains_close_to_fp32(tiny_bert, small_imdb, tmp_path):
