@@ -39,7 +39,7 @@ from data import (
 )
 from metrics import classification_metrics, format_report
 from model import (AUTOCAST_DTYPES, BUCKET_MULTIPLE, COMPILE_MODES, compile_classifier, pad_with_eos,
-                   prefer_fast_attention, resolve_speed)
+                   prefer_fast_attention, prepare_attention_masks, resolve_speed)
 from training.cli import AT_LEAST_ONE, NON_NEGATIVE, Parser, one_line_errors
 
 
@@ -126,8 +126,6 @@ def predict(model, tokenizer, texts: list[str], batch_size: int, max_length: int
     probabilities = torch.empty(len(texts), model.config.num_labels)
     autocast = (torch.autocast(device.type, dtype=AUTOCAST_DTYPES[mixed_precision]) if mixed_precision != "no"
                 else contextlib.nullcontext())
-    from model import prepare_attention_masks
-
     masks = prepare_attention_masks(model)  # train.py's: the 4D mask, so the forward reads nothing back (a hook)
     try:
         for batch in loader:

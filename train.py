@@ -461,14 +461,15 @@ def evaluate(model, eval_batches, accelerator, label_names) -> tuple[dict, list 
         # One gather per batch; gather_for_metrics drops the rows accelerate repeated to even out the last batch.
         gathered = accelerator.gather_for_metrics((batch_rows, logits.argmax(dim=-1), batch_labels, batch_losses))
         for store, tensor in zip((rows, predictions, labels, losses), gathered):
-            store.append(tensor.cpu())
+            store.append(tensor)  # kept on the device: no host read per batch
     model.train()
     result, in_input_order = [None], None
-    if accelerator.is_main_process:
-        order = torch.cat(rows).argsort()
-        labels, predictions = torch.cat(labels)[order].numpy(), torch.cat(predictions)[order].numpy()
+    if accelerator.is_main_process:  # one copy of each to the host, after the last batch
+        rows, predictions, labels, losses = (torch.cat(store).cpu() for store in (rows, predictions, labels, losses))
+        order = rows.argsort()
+        labels, predictions = labels[order].numpy(), predictions[order].numpy()
         result[0] = classification_metrics(labels, predictions, label_names) | {
-            "loss": torch.cat(losses).mean().item(), "rows": len(labels)}
+            "loss": losses.mean().item(), "rows": len(labels)}
         in_input_order = predictions.tolist()
     # Every process needs the figures: they decide the best model and early stopping together.
     return broadcast_object_list(result)[0], in_input_order

@@ -1,11 +1,13 @@
-"""Model: tokenizer and classifier loading (with the pad-token fix), the max length, weight-decay groups, and the speed
-settings (compiling, length buckets: model/compiling.py)."""
+"""Model: tokenizer and classifier loading (with the pad-token fix and the ready-made attention mask), the max length,
+weight-decay groups, and the speed settings (compiling, length buckets: model/compiling.py)."""
 
+import functools
 import logging
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, bidirectional_mask_function, causal_mask_function
 
 from model.compiling import (BUCKET_MULTIPLE, COMPILE_MODES, compile_classifier, compile_seconds, prefer_fast_attention,
                              resolve_speed)
@@ -54,7 +56,51 @@ def load_classifier(name: str, label_names: list[str], tokenizer, ignore_mismatc
     )
     # GPT-2-style classifiers read the last non-pad token, so the model must know which id is padding.
     model.config.pad_token_id = tokenizer.pad_token_id
+    prepare_attention_masks(model)  # its forward gets the 4D mask: no host read in each forward
     return model
+
+
+# Model types whose forward turns the 2D padding mask into its attention mask with transformers' create_causal_mask
+# (GPT-2; BERT-style models with config.is_decoder) or create_bidirectional_mask (BERT-style encoders), from the mask
+# alone: no sliding window, chunks or packed sequences. For them the mask prepare_attention_masks builds is the one the
+# model builds itself (tests/test_host_sync.py compares the logits of each).
+CAUSAL_TYPES = ("gpt2",)
+ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")
+
+
+def prepare_attention_masks(model: nn.Module):
+    """Hand the model's forward the 4D attention mask it would build from the batch's 2D padding mask, built on the
+    device without reading it. Given a 2D mask, transformers first asks whether it has any padding at all
+    (`padding_mask.all()` in a Python `if`: masking_utils' `_ignore_bidirectional_mask_sdpa`, GPT-2's
+    `_ignore_causal_mask_sdpa`) so as to leave an all-ones mask out: a host sync in every forward on a GPU. A 4D mask
+    it takes as it is, and this one is the mask it would have built, so the results are bit for bit the same. A batch
+    without padding gets an all-True mask instead of none: the same numbers, 1.4-1.9% slower on this CPU for such a
+    batch (results/host-sync-issue19.txt); compiled, transformers never leaves the mask out anyway.
+
+    For SDPA attention (the default) and the model types above; any other model keeps transformers' own path. A
+    forward pre-hook on the model itself: the batches, the saved model and `pipeline()` are unchanged. Returns the
+    hook's handle (`.remove()` undoes it), or None when the model is left as it is."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type in CAUSAL_TYPES or (model_type in ENCODER_TYPES and getattr(config, "is_decoder", False)):
+        mask_function = causal_mask_function
+    elif model_type in ENCODER_TYPES:
+        mask_function = bidirectional_mask_function
+    else:
+        return None
+    return model.register_forward_pre_hook(functools.partial(_full_attention_mask, mask_function), with_kwargs=True)
+
+
+def _full_attention_mask(mask_function, model, args, kwargs):
+    padding = kwargs.get("attention_mask")
+    if padding is None or padding.ndim != 2 or model.config._attn_implementation != "sdpa":
+        return None  # no mask (nothing to read), a mask already 4D, or an attention whose mask we do not build
+    rows, length = padding.shape
+    mask = ALL_MASK_ATTENTION_FUNCTIONS["sdpa"](
+        batch_size=rows, q_length=length, kv_length=length, mask_function=mask_function,
+        attention_mask=padding.to(torch.bool), allow_is_causal_skip=False, allow_is_bidirectional_skip=False,
+        config=model.config, device=padding.device)
+    return args, kwargs | {"attention_mask": mask}
 
 
 def resolve_max_length(requested: int | None, tokenizer, config) -> int:
