@@ -126,16 +126,11 @@ def predict(model, tokenizer, texts: list[str], batch_size: int, max_length: int
     probabilities = torch.empty(len(texts), model.config.num_labels)
     autocast = (torch.autocast(device.type, dtype=AUTOCAST_DTYPES[mixed_precision]) if mixed_precision != "no"
                 else contextlib.nullcontext())
-    masks = prepare_attention_masks(model)  # train.py's: the 4D mask, so the forward reads nothing back (a hook)
-    try:
-        for batch in loader:
-            rows = batch.pop("row")  # input positions: they stay on the CPU
-            batch = to_device(batch, device)  # pinned, asynchronous copies on CUDA
-            with autocast:  # one read per batch: its probabilities
-                probabilities[rows] = model(**batch).logits.float().softmax(dim=-1).cpu()
-    finally:
-        if masks is not None:
-            masks.remove()  # the caller's model as it was
+    for batch in loader:
+        rows = batch.pop("row")  # input positions: they stay on the CPU
+        batch = to_device(batch, device)  # pinned, asynchronous copies on CUDA
+        with autocast:  # one read per batch: its probabilities
+            probabilities[rows] = model(**batch).logits.float().softmax(dim=-1).cpu()
     return probabilities
 
 
@@ -208,6 +203,8 @@ def main(args) -> None:
     prefer_fast_attention(device)
     if compiled:
         compile_classifier(model, args.torch_compile_mode, fall_back_to_eager=args.torch_compile is None)
+    else:  # train.py's eager path: the 4D attention mask built on the device, no host read in each forward
+        prepare_attention_masks(model)
     probabilities = predict(model, tokenizer, texts, batch_size, max_length, keep, head_tokens, args.mixed_precision,
                             multiple)
     if args.output_file or not args.evaluate:

@@ -31,7 +31,8 @@ from data import (KEEP_CHOICES, check_head_tokens, eval_loader, global_batches, 
                   select_subset, tokenize, train_loader)
 from metrics import EVAL_SCALARS, classification_metrics, format_report
 from model import (AUTOCAST_DTYPES, BUCKET_MULTIPLE, COMPILE_MODES, compile_classifier, compile_seconds, load_classifier,
-                   load_tokenizer, parameter_groups, prefer_fast_attention, resolve_max_length)
+                   load_tokenizer, parameter_groups, prefer_fast_attention, prepare_attention_masks,
+                   resolve_max_length)
 from training.checkpoints import (config_differences, list_checkpoints, load_training_state, prune_checkpoints,
                                   save_checkpoint)
 from training.cli import (AT_LEAST_ONE, MAY_CHANGE, NON_NEGATIVE, POSITIVE, REPEAT, SEED, Range, RunError, flag,
@@ -41,7 +42,7 @@ from training.config import (DEBUG_EVAL_ROWS, DEBUG_EVAL_STEPS, DEBUG_MAX_LENGTH
                              speed_flag)
 from training.environment import check_process_group, configure_logging, log_distributed_type, use_the_cores
 from training.nonfinite import NonFiniteGuard
-from training.outputs import check_output_dir, open_output_dir, save_model, write_results
+from training.outputs import check_output_dir, open_output_dir, output_dir_problem, save_model, write_results
 from training.state import BestTracker, TrainState
 from training.telemetry import Telemetry, missing_trackers, trackers_for
 
@@ -49,10 +50,6 @@ logger = logging.getLogger("train")
 # The transformers schedules that need nothing but the step count (not reduce_lr_on_plateau, which needs metrics).
 SCHEDULES = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
              "inverse_sqrt"]
-
-
-def is_a_file(path: str) -> str | None:
-    return "is a file; --output_dir names a folder" if Path(path).is_file() else None
 
 
 @dataclass(frozen=True)
@@ -103,7 +100,7 @@ class Config:
     lr_scheduler_type: str = optim_flag("linear", "the learning-rate schedule after warmup (transformers' "
                                                   "get_scheduler names)", resume=REPEAT, choices=SCHEDULES)
     max_grad_norm: float = optim_flag(1.0, "clip the gradient norm; <= 0: no clipping", resume=REPEAT,
-                                      valid=Range(words="a number"))
+                                      valid=Range(words="a finite number"))
     mixed_precision: str | None = optim_flag(None, "default: what `accelerate launch` / `accelerate config` says, "
                                                    "else no", resume=REPEAT, choices=list(AUTOCAST_DTYPES))
     seed: int = optim_flag(42, "model init, dropout and the training order", resume=REPEAT, valid=SEED)
@@ -118,7 +115,7 @@ class Config:
                                              "copy; never kept when it is the final model)", resume=REPEAT)
     early_stopping_patience: int | None = eval_flag(None, "stop after this many evaluations without improving "
                                                           "--metric_for_best_model", resume=REPEAT, valid=AT_LEAST_ONE)
-    output_dir: str = output_flag("result", resume=MAY_CHANGE, check=is_a_file)
+    output_dir: str = output_flag("result", resume=MAY_CHANGE, check=output_dir_problem)
     overwrite_output_dir: bool = output_flag(False, "replace a non-empty --output_dir", resume=MAY_CHANGE)
     logging_steps: int = output_flag(10, "write a log.jsonl line every N optimizer steps", resume=MAY_CHANGE,
                                      valid=AT_LEAST_ONE)
@@ -237,7 +234,7 @@ def main(config: Config) -> None:
         if not run_is_over(run):
             train_epoch(run, epoch)  # a resumed epoch starts after the micro-batches its checkpoint had trained
         elif state.batches_done == 0:
-            break  # (resumed from the checkpoint of a run that had ended: nothing left to do but finish)
+            break  # the run ended at the previous epoch's end (or the checkpoint resumed from was taken there)
         end_of_epoch(run, epoch)  # (a run that ended mid-epoch, or was resumed there, still closes that epoch)
     finish(run, start_time)
 
@@ -263,7 +260,7 @@ def set_up(config: Config) -> Run:
     set_seed(config.seed)  # before the classifier head is initialized
 
     data = load_data_and_model(config, accelerator)
-    plan = make_plan(config, len(data.train_tokens), data.label_names, data.max_length, accelerator)
+    plan = make_plan(config, data, accelerator)
     # Each batch padded to its longest row, or (--pad_to_multiple_of, compiling) to one of a few bucket lengths.
     collator = padding_collator(data.tokenizer, plan.pad_to_multiple_of, plan.max_length)
     # accelerate shards the eval batches over processes; the loop moves them to the device (device_placement off).
@@ -279,7 +276,7 @@ def set_up(config: Config) -> Run:
 
     state = TrainState(BestTracker(config.metric_for_best_model, config.early_stopping_patience), accelerator.device)
     if checkpoint is not None:
-        resume(state, checkpoint, resume_settings(Config, record), accelerator)
+        resume(state, checkpoint, config, record, accelerator)
     output_dir = Path(config.output_dir)
     log_file = (open_output_dir(output_dir, config.overwrite_output_dir, state.completed_steps if checkpoint else None)
                 if accelerator.is_main_process else None)  # one writer: only the main process touches output_dir
@@ -309,17 +306,19 @@ def prepare_training(config: Config, plan: Plan, classifier, accelerator) -> tup
         # DDP's wrapper, whose own forward (buffer broadcasts) breaks the graph, and which dynamo splits by buckets
         compile_classifier(accelerator.unwrap_model(model), config.torch_compile_mode,
                            fall_back_to_eager=config.torch_compile is None)
+    else:  # eager: the 4D attention mask built on the device, or transformers asks the host about padding every step
+        prepare_attention_masks(accelerator.unwrap_model(model))
     return model, optimizer, lr_scheduler
 
 
 def run_record(config: Config, plan: Plan, data: Loaded) -> dict:
     """The run as metrics.json's `config` records it, built once: every flag with the value the run resolved for it
-    (the plan's, where the plan resolves one: max_length, mixed_precision, label_names, ...), the rest of the plan,
-    and what the data turned out to be. A resume compares its REPEAT flags; trackers get its scalars."""
+    (the plan's, where the plan resolves one: max_length, mixed_precision, label_names, the columns, ...), the rest of
+    the plan, and the rows and trackers. A resume compares its REPEAT flags; trackers get its scalars."""
     plan_values = asdict(plan)
     flags = {name: plan_values.get(name, value) for name, value in asdict(config).items()}
     facts = {"train_rows": len(data.train_tokens), "eval_rows": len(data.eval_tokens),
-             "text_column": data.columns["text"], "label_column": data.columns["label"]}  # the columns used, not null
+             "trackers": trackers_for(config.report_to)}
     return {**flags, **{k: v for k, v in plan_values.items() if k not in flags}, **facts}
 
 
@@ -512,9 +511,10 @@ def resume_settings(config_class, record: dict) -> dict:
     return {name: record[name] for name in repeat} | {"num_processes": record["num_processes"]}
 
 
-def resume(state: TrainState, checkpoint: Path, settings: dict, accelerator) -> None:
+def resume(state: TrainState, checkpoint: Path, config: Config, record: dict, accelerator) -> None:
     saved = load_training_state(checkpoint)
-    differences = config_differences(saved["settings"], settings, resolved={field.name for field in fields(Plan)})
+    # Checkpoints before this version saved the flags as given (None: decided by the run): either form matches.
+    differences = config_differences(saved["settings"], resume_settings(Config, record), given=asdict(config))
     if differences:
         raise RunError(f"{checkpoint} was made with other settings ({'; '.join(differences)}); resume with the same "
                        "flags, or start a new --output_dir")

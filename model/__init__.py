@@ -56,7 +56,6 @@ def load_classifier(name: str, label_names: list[str], tokenizer, ignore_mismatc
     )
     # GPT-2-style classifiers read the last non-pad token, so the model must know which id is padding.
     model.config.pad_token_id = tokenizer.pad_token_id
-    prepare_attention_masks(model)  # its forward gets the 4D mask: no host read in each forward
     return model
 
 
@@ -73,9 +72,11 @@ def prepare_attention_masks(model: nn.Module):
     device without reading it. Given a 2D mask, transformers first asks whether it has any padding at all
     (`padding_mask.all()` in a Python `if`: masking_utils' `_ignore_bidirectional_mask_sdpa`, GPT-2's
     `_ignore_causal_mask_sdpa`) so as to leave an all-ones mask out: a host sync in every forward on a GPU. A 4D mask
-    it takes as it is, and this one is the mask it would have built, so the results are bit for bit the same. A batch
-    without padding gets an all-True mask instead of none: the same numbers, 1.4-1.9% slower on this CPU for such a
-    batch (results/host-sync-issue19.txt); compiled, transformers never leaves the mask out anyway.
+    it takes as it is, and this one is the mask it would have built, so a padded batch's results are bit for bit the
+    same. A batch without padding gets an all-True mask instead of none: the same numbers on the CPU, 1.4-1.9% slower
+    there for such a batch (results/host-sync-issue19.txt), and on a GPU no flash kernel for it. For eager forwards
+    only: a compiled forward traces transformers' check instead of running it (no read), and builds the mask inside its
+    graph, so train.py and predict.py prepare the masks only when they do not compile.
 
     For SDPA attention (the default) and the model types above; any other model keeps transformers' own path. A
     forward pre-hook on the model itself: the batches, the saved model and `pipeline()` are unchanged. Returns the
@@ -109,8 +110,6 @@ def resolve_max_length(requested: int | None, tokenizer, config) -> int:
     limit = min(tokenizer.model_max_length, positions or tokenizer.model_max_length)
     if requested is None:
         return min(limit, DEFAULT_MAX_LENGTH)
-    if requested <= 0:
-        raise ValueError(f"--max_length must be positive, got {requested}")
     if requested > limit:
         logger.warning(f"--max_length {requested} is above the model's limit of {limit} tokens: using {limit}")
         return limit

@@ -262,3 +262,18 @@ def test_a_checkpoint_state_from_before_train_state_still_loads():
     assert (state.epoch, state.batches_done, state.completed_steps, state.epoch_rows, state.window_rows) == (1, 3, 19,
                                                                                                           12, 4)
     assert (state.epoch_loss.item(), state.window_loss.item(), state.step_loss.item()) == (2.5, 0.75, 0.0)
+
+
+def test_a_checkpoint_whose_settings_were_saved_as_given_still_resumes():
+    """Checkpoints before the resolved settings were saved hold the flags as given (None: decided by the run): a resume
+    with the same flags matches them; a real difference is still named."""
+    from training.checkpoints import config_differences
+
+    given = {"text_column": None, "label_column": None, "num_train_epochs": 3, "max_train_steps": 20,
+             "mixed_precision": None, "label_names": None, "per_device_train_batch_size": 4, "num_processes": 1}
+    resolved = given | {"text_column": "text", "label_column": "label", "num_train_epochs": 2, "mixed_precision": "no",
+                        "label_names": ["neg", "pos"]}
+    assert config_differences(given, resolved, given) == []
+    assert config_differences(resolved, resolved, given) == []  # as this version saves them
+    assert config_differences(given, resolved | {"per_device_train_batch_size": 8},
+                              given | {"per_device_train_batch_size": 8}) == ["per_device_train_batch_size: 4 -> 8"]

@@ -7,7 +7,7 @@ import math
 import pytest
 
 import train
-from training.cli import MAY_CHANGE, REPEAT
+from training.cli import MAY_CHANGE, REPEAT, Range
 from training.config import value_type
 
 # Integer flags where every value means something (<= 0: all rows).
@@ -25,6 +25,16 @@ def test_every_flag_says_whether_a_resume_must_repeat_it():
                 "torch_compile", "per_device_eval_batch_size"} & repeat
 
 
+def outside(valid: Range) -> list:
+    """Values just outside a range: below, above, and (for floats) NaN and infinity."""
+    values = [math.nan, math.inf]
+    if valid.low != -math.inf:
+        values.append(valid.low if valid.low_open else valid.low - 1)
+    if valid.high != math.inf:
+        values.append(valid.high if valid.high_open else valid.high + 1)
+    return values
+
+
 def out_of_range_cases():
     for field in dataclasses.fields(train.Config):
         kind = value_type(field.type)
@@ -32,8 +42,8 @@ def out_of_range_cases():
             continue
         valid = field.metadata["valid"]
         assert valid is not None, f"--{field.name} has no range: give it one, or list it in UNBOUNDED"
-        for value in valid.outside():
-            if kind is float or not math.isnan(value):  # an int flag refuses nan as argparse's own error
+        for value in outside(valid):
+            if kind is float or math.isfinite(value):  # an int flag refuses nan/inf as argparse's own error
                 yield field.name, kind(value)
 
 
@@ -74,11 +84,17 @@ def test_an_output_dir_that_is_a_file_stops_before_anything_is_loaded(tmp_path, 
 
 
 def test_yaml_values_reach_each_flag_as_its_type(tmp_path):
-    """YAML 1.1 reads no/yes/on/off as booleans: a string flag keeps the word, a switch takes it as a boolean."""
+    """PyYAML's YAML 1.1 reads no/yes/on/off as booleans, 010 as octal, 1:30 as 90: a flag file is read as text, so a
+    string flag keeps the word, a number is the flag's type, a switch takes the word as a boolean."""
     config = tmp_path / "run.yaml"
-    config.write_text("eval_strategy: no\nlabel_names: [no, yes]\ntext_column: on\ngroup_by_length: no\n"
-                      "torch_compile: off\nsave_best_model: yes\noverwrite_output_dir: true\n")
+    config.write_text("eval_strategy: steps\neval_steps: 010\nlabel_names: [no, yes]\ntext_column: on\n"
+                      "label_column: 1:30\ngroup_by_length: no\ntorch_compile: off\nsave_best_model: yes\n"
+                      "overwrite_output_dir: true\nmax_length: null\nhead_tokens: ~\n")
     args = train.parse_args(["--config", config])
-    assert (args.eval_strategy, args.label_names, args.text_column) == ("no", ("no", "yes"), "on")
+    assert (args.eval_strategy, args.eval_steps, args.label_names, args.text_column, args.label_column) == (
+        "steps", 10, ("no", "yes"), "on", "1:30")
+    assert (args.max_length, args.head_tokens) == (None, 128)  # null: the default
+    config.write_text("eval_strategy: no\n")
+    assert train.parse_args(["--config", config]).eval_strategy == "no"
     assert (args.group_by_length, args.torch_compile, args.save_best_model, args.overwrite_output_dir) == (
         False, False, True, True)

@@ -71,12 +71,12 @@ def load_training_state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / STATE_FILE).read_text())
 
 
-def config_differences(saved: dict, current: dict, resolved: set) -> list[str]:
+def config_differences(saved: dict, current: dict, given: dict) -> list[str]:
     """`name: saved -> current` for every setting a resume must repeat (train.py's REPEAT flags as the run resolved
-    them, and the process count) that differs. Not compared: settings newer than the checkpoint, and a saved None for
-    a `resolved` one (checkpoints before this version saved those flags as given, not as the run resolved them)."""
+    them, and the process count) whose saved value is neither the resolved one nor the flag as given (what older
+    checkpoints saved); settings newer than the checkpoint are not compared."""
     return [f"{key}: {saved[key]!r} -> {value!r}" for key, value in current.items()
-            if key in saved and saved[key] != value and not (saved[key] is None and key in resolved)]
+            if key in saved and saved[key] not in (value, given.get(key, value))]
 
 
 def prune_checkpoints(output_dir, keep: int | None, best_step: int | None) -> list[Path]:

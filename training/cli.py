@@ -15,7 +15,7 @@ REPEAT, MAY_CHANGE = "repeat", "may change"
 
 @dataclasses.dataclass(frozen=True)
 class Range:
-    """A numeric flag's valid values: low <= value (or low < value), value <= high (or < high). NaN is never in it."""
+    """A numeric flag's valid values: low <= value (or low < value), value <= high (or < high), finite."""
 
     low: float = -math.inf
     high: float = math.inf
@@ -24,18 +24,10 @@ class Range:
     words: str = ""  # how the error says it ("positive"); default: the interval
 
     def error(self, value) -> str | None:
+        """None if the value is in range, else what is wrong (NaN and infinities never are)."""
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
-        return None if above and below else f"must be {self}, got {value}"
-
-    def outside(self) -> list:
-        """Values just outside the range (for tests), NaN included."""
-        values = [math.nan]
-        if self.low != -math.inf:
-            values.append(self.low if self.low_open else self.low - 1)
-        if self.high != math.inf:
-            values.append(self.high if self.high_open else self.high + 1)
-        return values
+        return None if above and below and math.isfinite(value) else f"must be {self}, got {value}"
 
     def __str__(self) -> str:
         if self.words:

@@ -7,7 +7,6 @@ import dataclasses
 import difflib
 import json
 import math
-import re
 import types
 import typing
 from functools import partial
@@ -70,30 +69,22 @@ def parse_config(config_class, argv: list, description: str):
     return config_class(**values)
 
 
-class FlagFileLoader(yaml.SafeLoader):
-    """YAML as a flag file means it: only true/false are booleans (YAML 1.2). PyYAML's YAML 1.1 also reads yes/no/on/off
-    as booleans, which turned `eval_strategy: no` into False and `label_names: [no, yes]` into [False, True]."""
-
-
-FlagFileLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-FlagFileLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                     list("tTfF"))
 SWITCH_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+NULL_WORDS = ("null", "Null", "NULL", "~", "")  # YAML's ways to say "no value": the flag keeps its default
 
 
 def file_arguments(path: str, config_class, parser: argparse.ArgumentParser) -> list[str]:
     """A YAML/JSON file of flag values turned into command-line arguments, so argparse converts and checks them like
-    typed flags: each value reaches its flag as that flag's type (`no` stays the string `no` for a string flag; a
-    switch takes true/false, or yes/no/on/off). Unknown keys are an error naming the nearest flag; `key: null` keeps
-    the default."""
+    typed flags. YAML is read as text (yaml.BaseLoader), so each value reaches its flag as that flag's type and nothing
+    else: `no` stays the word for a string flag (PyYAML's YAML 1.1 made `eval_strategy: no` False), `010` is 10 (not
+    octal 8), and a switch takes true/false or yes/no/on/off. Unknown keys are an error naming the nearest flag;
+    `key: null` keeps the default."""
     file = Path(path)
     if not file.is_file():
         parser.error(f"--config {path}: no such file")
     try:
         text = file.read_text()
-        values = json.loads(text) if file.suffix == ".json" else yaml.load(text, Loader=FlagFileLoader)
+        values = json.loads(text) if file.suffix == ".json" else yaml.load(text, Loader=yaml.BaseLoader)
     except (ValueError, yaml.YAMLError) as error:
         parser.error(f"--config {path}: not valid {'JSON' if file.suffix == '.json' else 'YAML'} "
                      f"({str(error).splitlines()[0]})")
@@ -107,7 +98,7 @@ def file_arguments(path: str, config_class, parser: argparse.ArgumentParser) -> 
             nearest = difflib.get_close_matches(str(key), [name for name in fields if name != "config"], n=1)
             hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
             parser.error(f"--config {path}: unknown key {key!r}{hint}")
-        if value is None:
+        if value is None or (file.suffix != ".json" and value in NULL_WORDS):
             continue
         if value_type(field.type) is bool:
             value = SWITCH_WORDS.get(value.lower(), value) if isinstance(value, str) else value
@@ -161,9 +152,11 @@ def check(values: dict, config_class, parser: argparse.ArgumentParser) -> None:
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What the run resolves from the config, the data, the model, the device and the processes; computed once, saved
-    with the run. A field named like a flag is that flag's resolved value. Steps count optimizer steps across all
-    processes."""
+    with the run. A field named like a flag is that flag's resolved value (eval_batch_size is
+    --per_device_eval_batch_size's). Steps count optimizer steps across all processes."""
 
+    text_column: str  # --text_column, or the one detected
+    label_column: str
     label_names: list[str]  # --label_names, or the data's classes
     max_length: int  # --max_length, or the model's limit capped at 512
     mixed_precision: str  # --mixed_precision, or the launcher's
@@ -179,7 +172,9 @@ class Plan:
     num_warmup_steps: int
 
 
-def make_plan(config, train_rows: int, label_names: list[str], max_length: int, accelerator) -> Plan:
+def make_plan(config, data, accelerator) -> Plan:
+    """`data`: train.py's Loaded (rows, classes, columns and max length as the data and the model decided them)."""
+    train_rows, max_length = len(data.train_tokens), data.max_length
     torch_compile, pad_to_multiple_of, eval_batch_size = resolve_speed(
         accelerator.device, config.torch_compile, config.torch_compile_mode, config.pad_to_multiple_of,
         config.per_device_eval_batch_size)
@@ -187,7 +182,8 @@ def make_plan(config, train_rows: int, label_names: list[str], max_length: int, 
     accumulation = config.gradient_accumulation_steps
     steps_per_epoch = math.ceil(math.ceil(train_rows / global_batch_size) / accumulation)
     max_train_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
-    return Plan(label_names=list(label_names), max_length=max_length, mixed_precision=accelerator.mixed_precision,
+    return Plan(text_column=data.columns["text"], label_column=data.columns["label"],
+                label_names=list(data.label_names), max_length=max_length, mixed_precision=accelerator.mixed_precision,
                 num_processes=accelerator.num_processes, torch_compile=torch_compile,
                 pad_to_multiple_of=pad_to_multiple_of, eval_batch_size=eval_batch_size,
                 global_batch_size=global_batch_size, total_train_batch_size=global_batch_size * accumulation,

@@ -14,6 +14,11 @@ from training.checkpoints import find_checkpoint, list_checkpoints
 logger = logging.getLogger("train")
 
 
+def output_dir_problem(path: str) -> str | None:
+    """Checked with the flag, before anything is loaded."""
+    return "is a file; --output_dir names a folder" if Path(path).is_file() else None
+
+
 def check_output_dir(config) -> Path | None:
     """Before any work: the checkpoint to resume, or None; refuse to overwrite a previous run by accident."""
     output_dir = Path(config.output_dir)

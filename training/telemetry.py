@@ -20,22 +20,23 @@ logger = logging.getLogger("train")
 TRACKED_TRAIN_KEYS = ("loss", "learning_rate", "grad_norm", "samples_per_second", "tokens_per_second")
 
 
+def installed_trackers() -> list[str]:
+    return [name for name, present in (("tensorboard", is_tensorboard_available()), ("wandb", is_wandb_available()))
+            if present]
+
+
 def missing_trackers(report_to: str) -> str | None:
     """What --report_to asks for that is not installed (with what to install), or None."""
-    installed = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
-    if report_to == "all" and not any(installed.values()):
+    if report_to == "all" and not installed_trackers():
         return "neither tensorboard nor wandb is installed; pip install tensorboard (or wandb), or pass --report_to none"
-    if report_to in installed and not installed[report_to]:
+    if report_to not in ("all", "none") and report_to not in installed_trackers():
         return f"{report_to} is not installed; pip install {report_to}, or pass --report_to none"
     return None
 
 
 def trackers_for(report_to: str) -> list[str]:
     """The accelerate trackers --report_to asks for (checked with the flag: see missing_trackers)."""
-    if report_to == "all":
-        return [name for name, present in (("tensorboard", is_tensorboard_available()),
-                                           ("wandb", is_wandb_available())) if present]
-    return [] if report_to == "none" else [report_to]
+    return installed_trackers() if report_to == "all" else [] if report_to == "none" else [report_to]
 
 
 def flop_rate(tflops: float) -> str:
