@@ -47,6 +47,24 @@ def loader_padding_efficiency(loader) -> float:
     return sum(m.sum().item() for m in masks) / sum(m.numel() for m in masks)
 
 
+def timed(function) -> tuple:
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
+def trainer_padding(trainer, train_tokens, eval_tokens, reference: bool) -> tuple[list[int], float, float]:
+    """Each training row's real tokens, and the padding efficiency of the batches the Trainer will actually form (its
+    own samplers and collator): train and eval."""
+    if reference:  # every row padded to 512
+        lengths = [sum(mask) for mask in train_tokens["attention_mask"]]
+        eval_lengths = [sum(mask) for mask in eval_tokens["attention_mask"]]
+        return lengths, sum(lengths) / (512 * len(lengths)), sum(eval_lengths) / (512 * len(eval_lengths))
+    # the batches its own dataloaders form (with group_by_length, eval batches are length-grouped too)
+    return ([len(ids) for ids in train_tokens["input_ids"]], loader_padding_efficiency(trainer.get_train_dataloader()),
+            loader_padding_efficiency(trainer.get_eval_dataloader()))
+
+
 def run_trainer(args) -> dict:
     """One Trainer run, (a) `reference` or (b) `best`, timed phase by phase."""
     import torch
@@ -87,32 +105,15 @@ def run_trainer(args) -> dict:
         **({} if reference else {"train_sampling_strategy": "group_by_length"}),
     )
 
-    def compute_metrics(prediction):
-        return classification_metrics(prediction.label_ids, prediction.predictions.argmax(-1), names)
-
     trainer = Trainer(model=model, args=training_args, train_dataset=train_tokens, eval_dataset=eval_tokens,
                       data_collator=None if reference else DataCollatorWithPadding(
                           tokenizer, pad_to_multiple_of=args.pad_to_multiple_of),
-                      compute_metrics=compute_metrics)
-    # Padding efficiency of the batches the Trainer will actually form (its own samplers and collator); real tokens.
-    lengths = [sum(mask) for mask in train_tokens["attention_mask"]] if reference else [
-        len(ids) for ids in train_tokens["input_ids"]]
-    if reference:
-        train_efficiency = sum(lengths) / (512 * len(lengths))
-        eval_lengths = [sum(mask) for mask in eval_tokens["attention_mask"]]
-        eval_efficiency = sum(eval_lengths) / (512 * len(eval_lengths))
-    else:  # the batches its own dataloaders form (with group_by_length, eval batches are length-grouped too)
-        train_efficiency = loader_padding_efficiency(trainer.get_train_dataloader())
-        eval_efficiency = loader_padding_efficiency(trainer.get_eval_dataloader())
-    start = time.perf_counter()
-    before = trainer.evaluate()
-    eval_before_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    trainer.train()
-    train_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    after = trainer.evaluate()
-    eval_after_seconds = time.perf_counter() - start
+                      compute_metrics=lambda prediction: classification_metrics(
+                          prediction.label_ids, prediction.predictions.argmax(-1), names))
+    lengths, train_efficiency, eval_efficiency = trainer_padding(trainer, train_tokens, eval_tokens, reference)
+    before, eval_before_seconds = timed(trainer.evaluate)
+    _, train_seconds = timed(trainer.train)
+    after, eval_after_seconds = timed(trainer.evaluate)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     peak_gpu_gib = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None  # before the matmuls
     # MFU as train.py counts it: FLOPs on the real tokens of every epoch, against the same measured peak.
