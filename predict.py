@@ -81,6 +81,17 @@ def parse_args(argv=None):
     return args
 
 
+def check_model_dir(model_dir: str) -> None:
+    """A folder without a saved model (a checkpoint, a typo) is one line, not a Hub lookup's error; Hub names pass."""
+    path = Path(model_dir)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no saved model here (no config.json); pass train.py's --output_dir (or "
+                                "its best/), not a checkpoint folder")
+    if not path.exists() and (model_dir.startswith((".", "/", "~")) or model_dir.count("/") > 1):
+        raise FileNotFoundError(f"{model_dir}: no such directory (relative to {Path.cwd()}); pass train.py's "
+                                "--output_dir")
+
+
 def read_inputs(args) -> tuple[list[str], list | None, list[int]]:
     """The texts, their labels when --evaluate asks for them, and each text's position in the input (its line number
     in a text file or stdin, whose blank lines are skipped with a notice)."""
@@ -184,6 +195,7 @@ def write_predictions(probabilities: torch.Tensor, id2label: dict, output_file: 
 
 def main(args) -> None:
     with one_line_errors():
+        check_model_dir(args.model_dir)
         texts, labels, positions = read_inputs(args)
         # A GPT-2 model not saved by train.py has no pad token.
         tokenizer = pad_with_eos(AutoTokenizer.from_pretrained(args.model_dir), args.model_dir)

@@ -63,7 +63,8 @@ def test_every_numeric_flag_refuses_a_value_out_of_its_range_in_one_line(name, v
     (["--num_warmup_steps", -4], "--num_warmup_steps must be >= 0, got -4"),
     (["--weight_decay", -1], "--weight_decay must be >= 0, got -1.0"),
     (["--warmup_ratio", 1], "--warmup_ratio must be in [0, 1), got 1.0"),
-    (["--learning_rate", "nan"], "--learning_rate must be positive, got nan"),
+    (["--learning_rate", "nan"], "--learning_rate must be positive and finite, got nan"),
+    (["--learning_rate", "inf"], "--learning_rate must be positive and finite, got inf"),
     (["--weight_decay", -1, "--seed", -1], "--weight_decay must be >= 0, got -1.0; --seed must be in [0, 4294967295], "
                                            "got -1"),
 ])

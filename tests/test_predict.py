@@ -138,3 +138,13 @@ def test_blank_lines_are_skipped_and_the_output_keeps_the_line_numbers(trained, 
     assert [json.loads(line)["index"] for line in result.stdout.splitlines()] == [0, 3]
     assert (f"{tmp_path / 'reviews.txt'}: skipped 2 blank line(s) (0-based: 1, 2); the output keeps the input's line "
             "numbers") in result.stderr
+
+
+def test_a_folder_without_a_saved_model_is_one_line(tmp_path):
+    checkpoint = tmp_path / "checkpoints" / "step_4"
+    checkpoint.mkdir(parents=True)
+    for model_dir, message in ((checkpoint, f"error: {checkpoint}: no saved model here (no config.json); pass "
+                                            "train.py's --output_dir (or its best/), not a checkpoint folder"),
+                               (tmp_path / "nope", f"error: {tmp_path / 'nope'}: no such directory (relative to ")):
+        result = run_in_process(predict_module, [model_dir, "--text", "hi"])
+        assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(message)

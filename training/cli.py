@@ -27,7 +27,9 @@ class Range:
         """None if the value is in range, else what is wrong (NaN and infinities never are)."""
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
-        return None if above and below and math.isfinite(value) else f"must be {self}, got {value}"
+        if above and below and math.isfinite(value):
+            return None
+        return f"must be {self}{'' if math.isfinite(value) else ' and finite'}, got {value}"
 
     def __str__(self) -> str:
         if self.words:
