@@ -33,6 +33,7 @@ from data import (
     encode,
     eval_loader,
     find_column,
+    looks_like_path,
     padding_collator,
     read_table,
     to_device,
@@ -72,8 +73,8 @@ def parse_args(argv=None):
         parser.error("give --text or --input_file, not both")
     for name, valid in (("batch_size", AT_LEAST_ONE), ("pad_to_multiple_of", AT_LEAST_ONE),
                         ("max_length", AT_LEAST_ONE), ("head_tokens", NON_NEGATIVE)):
-        if getattr(args, name) is not None and valid.error(getattr(args, name)):
-            parser.error(f"--{name} {valid.error(getattr(args, name))}")
+        if getattr(args, name) is not None and (problem := valid.error(getattr(args, name))):
+            parser.error(f"--{name} {problem}")
     if args.output_file and Path(args.output_file).suffix not in (".jsonl", ".csv"):
         parser.error(f"--output_file {args.output_file}: use a .jsonl or .csv name")
     if args.evaluate and not args.input_file:
@@ -87,7 +88,7 @@ def check_model_dir(model_dir: str) -> None:
     if path.is_dir() and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: no saved model here (no config.json); pass train.py's --output_dir (or "
                                 "its best/), not a checkpoint folder")
-    if not path.exists() and (model_dir.startswith((".", "/", "~")) or model_dir.count("/") > 1):
+    if not path.exists() and looks_like_path(model_dir):
         raise FileNotFoundError(f"{model_dir}: no such directory (relative to {Path.cwd()}); pass train.py's "
                                 "--output_dir")
 

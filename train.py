@@ -247,8 +247,9 @@ def run_is_over(run: Run) -> bool:
 def set_up(config: Config) -> Run:
     """Processes, data, model, optimizer and schedule; and where the run starts: fresh, or exactly where a checkpoint
     left it. Bad input stops here, before --output_dir is touched."""
+    trackers = trackers_for(config.report_to)
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                              mixed_precision=config.mixed_precision, log_with=trackers_for(config.report_to) or None,
+                              mixed_precision=config.mixed_precision, log_with=trackers or None,
                               project_dir=Path(config.output_dir) / "tensorboard")
     check_process_group(accelerator)
     configure_logging(accelerator)
@@ -268,7 +269,7 @@ def set_up(config: Config) -> Run:
         data.eval_tokens, plan.eval_batch_size, collator, config.dataloader_num_workers, accelerator.device,
         data.eval_lengths), device_placement=False)
     model, optimizer, lr_scheduler = prepare_training(config, plan, data.classifier, accelerator)
-    record = run_record(config, plan, data)
+    record = run_record(config, plan, data, trackers)
     logger.info(f"Training {len(data.train_tokens)} rows, evaluating {len(data.eval_tokens)}: {plan.num_train_epochs} "
                 f"epochs, {plan.max_train_steps} optimizer steps of {plan.total_train_batch_size} rows "
                 f"({plan.num_processes} processes x {config.per_device_train_batch_size} x "
@@ -282,7 +283,7 @@ def set_up(config: Config) -> Run:
                 if accelerator.is_main_process else None)  # one writer: only the main process touches output_dir
     tracker_config = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool))}
     telemetry = Telemetry(accelerator, config, plan, data.classifier, output_dir, log_file,
-                          tracker_config if config.report_to != "none" else None, state.completed_steps)
+                          tracker_config if trackers else None, state.completed_steps)
     # Skips a NaN/inf update on the device (fused AdamW's found_inf): the loop checks the flag only where it syncs.
     return Run(config, plan, accelerator, data, model, optimizer, lr_scheduler, NonFiniteGuard(optimizer, accelerator),
                eval_batches, collator, state, telemetry, record, output_dir, predictions={"last": None, "best": None})
@@ -311,14 +312,14 @@ def prepare_training(config: Config, plan: Plan, classifier, accelerator) -> tup
     return model, optimizer, lr_scheduler
 
 
-def run_record(config: Config, plan: Plan, data: Loaded) -> dict:
+def run_record(config: Config, plan: Plan, data: Loaded, trackers: list[str]) -> dict:
     """The run as metrics.json's `config` records it, built once: every flag with the value the run resolved for it
     (the plan's, where the plan resolves one: max_length, mixed_precision, label_names, the columns, ...), the rest of
     the plan, and the rows and trackers. A resume compares its REPEAT flags; trackers get its scalars."""
     plan_values = asdict(plan)
     flags = {name: plan_values.get(name, value) for name, value in asdict(config).items()}
     facts = {"train_rows": len(data.train_tokens), "eval_rows": len(data.eval_tokens),
-             "trackers": trackers_for(config.report_to)}
+             "trackers": trackers}
     return {**flags, **{k: v for k, v in plan_values.items() if k not in flags}, **facts}
 
 

@@ -39,9 +39,9 @@ def load_splits(name: str, text_column: str | None = None, label_column: str | N
         raw, origins = _load_aclimdb(root), {"train": f"{root}/train", "eval": f"{root}/test"}
     elif path.exists():
         raw, origins = _load_files(path, need_eval=not validation_split_percentage)
-    elif _looks_like_path(name) or _hub_is_off():
+    elif looks_like_path(name) or _hub_is_off():
         where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
-        hub = "" if _looks_like_path(name) else ("; the Hub is off (HF_HUB_OFFLINE), so it was not looked up there: "
+        hub = "" if looks_like_path(name) else ("; the Hub is off (HF_HUB_OFFLINE), so it was not looked up there: "
                                                   "pass a local directory or file, or go online")
         raise FileNotFoundError(f"--dataset_name {name}: no such file or directory{where}{hub}")
     else:
@@ -90,7 +90,7 @@ def dataset_id(name: str) -> str:
     return (path.parent if path.suffix in FILE_FORMATS else path).name.lower()
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     # Hub ids are "name" or "owner/name"; anything else that does not exist is a mistyped local path.
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix in FILE_FORMATS
 

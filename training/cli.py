@@ -65,10 +65,10 @@ def flag_errors(config_class, values: dict) -> list[str]:
         value, valid, check = values[field.name], field.metadata["valid"], field.metadata["check"]
         if value is None or isinstance(value, bool):
             continue
-        if valid is not None and isinstance(value, (int, float)) and valid.error(value):
-            errors.append(f"--{field.name} {valid.error(value)}")
-        elif check is not None and check(value):
-            errors.append(f"--{field.name} {value}: {check(value)}")
+        if valid is not None and isinstance(value, (int, float)) and (problem := valid.error(value)):
+            errors.append(f"--{field.name} {problem}")
+        elif check is not None and (problem := check(value)):
+            errors.append(f"--{field.name} {value}: {problem}")
     return errors
 
 
