@@ -1,12 +1,16 @@
-"""Classify texts with a model saved by train.py (or any sequence-classification model directory).
+"""Classify texts (or sentence pairs, or score them) with a model saved by train.py (or any sequence-classification
+model directory).
 
     python predict.py result --text "A wonderful film." --text "Dull and far too long."
     python predict.py result --input_file reviews.csv --output_file predictions.jsonl
     cat reviews.txt | python predict.py result --output_file predictions.csv
     python predict.py result --input_file ../shared/data/imdb/test.parquet --evaluate
+    python predict.py mrpc_model --text "He left." --text_pair "He went away."    # a model trained on pairs
 
-Input: --text (repeatable), --input_file (txt: one text per line; csv/jsonl/json/parquet: a text column), or stdin
-lines. Output, in input order: label, score and the probability of every class, as JSONL (default, to stdout) or CSV.
+Input: --text (repeatable; with --text_pair for pairs), --input_file (txt: one text per line; csv/jsonl/json/parquet:
+a text column, and a text pair column for a pair model), or stdin lines. Output, in input order, by the model's
+problem_type: the label, its score and every class's probability (single-label); the labels at or above the threshold
+and every label's probability (multi-label); the score (regression). JSONL (default, to stdout) or CSV.
 Texts are batched in length order internally, so little compute goes to padding. Long texts are truncated the way the
 model was trained (--max_length, --truncation_keep and --head_tokens saved by train.py). With --evaluate and
 --output_file, each row also has its true_label, so two models' files can be compared with `python -m metrics.compare`.
@@ -18,7 +22,9 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -28,30 +34,38 @@ from data import (
     KEEP_CHOICES,
     LABEL_COLUMNS,
     TEXT_COLUMNS,
+    Columns,
     check_head_tokens,
+    check_pair_room,
     check_rows,
     encode,
     eval_loader,
-    find_column,
+    find_columns,
     looks_like_path,
     padding_collator,
     read_table,
     to_device,
 )
-from metrics import classification_metrics, format_report
+from metrics import task_for
 from model import (AUTOCAST_DTYPES, BUCKET_MULTIPLE, COMPILE_MODES, compile_classifier, pad_with_eos,
                    prefer_fast_attention, prepare_attention_masks, resolve_speed)
-from training.cli import AT_LEAST_ONE, NON_NEGATIVE, Parser, one_line_errors
+from training.cli import AT_LEAST_ONE, NON_NEGATIVE, Parser, Range, one_line_errors
 
 
 def parse_args(argv=None):
     parser = Parser(prog="predict.py", description=__doc__)  # train.py's: no abbreviations, defaults in --help, one-line errors
     parser.add_argument("model_dir", help="a directory written by train.py (output_dir or output_dir/best)")
     parser.add_argument("--text", action="append", help="a text to classify; repeat for more")
+    parser.add_argument("--text_pair", action="append", help="a pair model: the second text of each --text, in order")
     parser.add_argument("--input_file", help="txt (one text per line), csv, jsonl, json or parquet")
-    parser.add_argument("--text_column", default=None, help="default: the first of " + ", ".join(TEXT_COLUMNS))
-    parser.add_argument("--label_column", default=None, help="with --evaluate; default: the first of "
-                        + ", ".join(LABEL_COLUMNS))
+    parser.add_argument("--text_column", default=None, help="default: the column the model was trained on, a known "
+                        "pair for a pair model, else the first of " + ", ".join(TEXT_COLUMNS))
+    parser.add_argument("--text_pair_column", default=None, help="a pair model: the second text's column (default: "
+                        "the one it was trained on, or a known pair's)")
+    parser.add_argument("--label_column", nargs="+", default=None, help="with --evaluate; default: the first of "
+                        + ", ".join(LABEL_COLUMNS) + "; several: one 0/1 column per label (multi-label)")
+    parser.add_argument("--threshold", type=float, default=None, help="multi-label: print the labels whose "
+                        "probability is at least this (default: the model's, saved by train.py, else 0.5)")
     parser.add_argument("--output_file", default=None, help=".jsonl or .csv; default: JSONL to stdout")
     parser.add_argument("--batch_size", type=int, default=None, help="default: 8 on a CPU, 64 on a GPU (as train.py "
                         "evaluates)")
@@ -67,10 +81,14 @@ def parse_args(argv=None):
     parser.add_argument("--pad_to_multiple_of", type=int, default=None,
                         help=f"pad each batch to a multiple of N tokens (default: {BUCKET_MULTIPLE} with a CUDA-graph "
                              "--torch_compile_mode, else 1)")
-    parser.add_argument("--evaluate", action="store_true", help="the input has labels: print the four metrics")
+    parser.add_argument("--evaluate", action="store_true", help="the input has labels: print the model's metrics")
     args = parser.parse_args(argv)
     if args.text and args.input_file:
         parser.error("give --text or --input_file, not both")
+    if args.text_pair and len(args.text_pair) != len(args.text or []):
+        parser.error(f"--text_pair: one for each --text, got {len(args.text_pair)} for {len(args.text or [])}")
+    if args.threshold is not None and (problem := Range(0, 1, low_open=True, high_open=True).error(args.threshold)):
+        parser.error(f"--threshold {problem}")
     for name, valid in (("batch_size", AT_LEAST_ONE), ("pad_to_multiple_of", AT_LEAST_ONE),
                         ("max_length", AT_LEAST_ONE), ("head_tokens", NON_NEGATIVE)):
         if getattr(args, name) is not None and (problem := valid.error(getattr(args, name))):
@@ -93,13 +111,31 @@ def check_model_dir(model_dir: str) -> None:
                                 "--output_dir")
 
 
-def read_inputs(args) -> tuple[list[str], list | None, list[int]]:
-    """The texts, their labels when --evaluate asks for them, and each text's position in the input (its line number
-    in a text file or stdin, whose blank lines are skipped with a notice)."""
+class Inputs(NamedTuple):
+    texts: list[str]
+    text_pairs: list[str] | None  # a pair model's second texts
+    labels: list | None  # with --evaluate: each row's label (a value, a list of labels, or a number)
+    positions: list[int]  # each text's position in the input
+
+
+def read_inputs(args, model_config) -> Inputs:
+    """The texts (and pairs), their labels when --evaluate asks for them, and each text's position in the input (its
+    line number in a text file or stdin, whose blank lines are skipped with a notice). A model trained on pairs
+    (train.py saves its text_pair_column) needs pairs."""
+    trained_pair = getattr(model_config, "text_pair_column", None)
     if args.text:
-        return args.text, None, list(range(len(args.text)))
-    if args.input_file is None:
-        return non_blank_lines(sys.stdin.read(), "stdin")
+        inputs = Inputs(args.text, args.text_pair, None, list(range(len(args.text))))
+    elif args.input_file is None:
+        inputs = non_blank_lines(sys.stdin.read(), "stdin")
+    else:
+        inputs = read_file(args, model_config)
+    if trained_pair and inputs.text_pairs is None:
+        raise ValueError(f"{args.model_dir} was trained on sentence pairs ({model_config.text_column}, {trained_pair}):"
+                         " give each --text a --text_pair, or an --input_file with both columns")
+    return inputs
+
+
+def read_file(args, model_config) -> Inputs:
     path = Path(args.input_file)
     if not path.is_file():
         raise FileNotFoundError(f"--input_file {path}: no such file")
@@ -110,104 +146,96 @@ def read_inputs(args) -> tuple[list[str], list | None, list[int]]:
     if path.suffix not in FILE_FORMATS:
         raise ValueError(f"--input_file {path}: unsupported file type; use txt, csv, tsv, jsonl, json or parquet")
     table = read_table(FILE_FORMATS[path.suffix], [path])
-    text = find_column(table, args.text_column, TEXT_COLUMNS, "--text_column", str(path))
-    label = find_column(table, args.label_column, LABEL_COLUMNS, "--label_column", str(path)) if args.evaluate else None
-    check_rows(table, text, label, str(path))  # train.py's one line for a row without a text (or label)
-    return list(table[text][:]), list(table[label][:]) if label else None, list(range(len(table)))
+    trained = [getattr(model_config, name, None) for name in ("text_column", "text_pair_column")]
+    # The columns the model was trained on, where the file has them; a pair only for a model trained on pairs.
+    text, pair = (given or (name if name in table.column_names else None)
+                  for given, name in zip((args.text_column, args.text_pair_column), trained))
+    columns = find_columns(table, Columns(text, pair, args.label_column), str(path), detect_pairs=bool(trained[1]),
+                           labels=args.evaluate)
+    texts = [column for column in (columns.text, columns.text_pair) if column]
+    check_rows(table, texts, columns.labels, str(path))  # train.py's one line for a row without a text (or label)
+    if len(columns.labels) > 1:  # one 0/1 column per label: each row's list of the labels set
+        labels = [[name for name in columns.labels if row[name]] for row in table.select_columns(list(columns.labels))]
+    else:
+        labels = list(table[columns.labels[0]][:]) if columns.labels else None
+    pairs = list(table[columns.text_pair][:]) if columns.text_pair else None
+    return Inputs(list(table[columns.text][:]), pairs, labels, list(range(len(table))))
 
 
-def non_blank_lines(content: str, source: str) -> tuple[list[str], None, list[int]]:
+def non_blank_lines(content: str, source: str) -> Inputs:
     lines = content.splitlines()
     kept = [number for number, line in enumerate(lines) if line.strip()]
     if len(kept) < len(lines):
         blank = [number for number, line in enumerate(lines) if not line.strip()]
         print(f"{source}: skipped {len(blank)} blank line(s) (0-based: {', '.join(map(str, blank[:10]))}"
               f"{', ...' if len(blank) > 10 else ''}); the output keeps the input's line numbers", file=sys.stderr)
-    return [lines[number] for number in kept], None, kept
+    return Inputs([lines[number] for number in kept], None, None, kept)
 
 
 @torch.no_grad()
 def predict(model, tokenizer, texts: list[str], batch_size: int, max_length: int, keep: str = "head",
-            head_tokens: int = 128, mixed_precision: str = "no", pad_to_multiple_of: int = 1) -> torch.Tensor:
-    """Class probabilities, one row per text in input order; batches are formed in length order and padded as in
-    train.py's evaluation (to their longest row, or to a bucket length)."""
-    encoded = Dataset.from_dict(encode(texts, tokenizer, max_length, keep, head_tokens))
+            head_tokens: int = 128, mixed_precision: str = "no", pad_to_multiple_of: int = 1,
+            text_pairs: list[str] | None = None) -> torch.Tensor:
+    """The model's scores, one row per text (or pair) in input order: class probabilities (softmax), label
+    probabilities (sigmoid) or the number, by its problem_type, as pipeline() gives them. Batches are formed in length
+    order and padded as in train.py's evaluation (to their longest row, or to a bucket length)."""
+    task = task_for(getattr(model.config, "problem_type", None), getattr(model.config, "threshold", None))
+    encoded = Dataset.from_dict(encode(texts, tokenizer, max_length, keep, head_tokens, text_pairs))
     device = next(model.parameters()).device
     collator = padding_collator(tokenizer, pad_to_multiple_of, max_length)
     loader = eval_loader(encoded, batch_size, collator, 0, device)
-    probabilities = torch.empty(len(texts), model.config.num_labels)
+    scores = torch.empty(len(texts), model.config.num_labels)
     autocast = (torch.autocast(device.type, dtype=AUTOCAST_DTYPES[mixed_precision]) if mixed_precision != "no"
                 else contextlib.nullcontext())
     for batch in loader:
         rows = batch.pop("row")  # input positions: they stay on the CPU
         batch = to_device(batch, device)  # pinned, asynchronous copies on CUDA
-        with autocast:  # one read per batch: its probabilities
-            probabilities[rows] = model(**batch).logits.float().softmax(dim=-1).cpu()
-    return probabilities
+        with autocast:  # one read per batch: its scores
+            scores[rows] = task.scores(model(**batch).logits).cpu()
+    return scores
 
 
-def label_ids(labels: list, label2id: dict, source: str) -> list[int]:
-    """Labels given as ids (0..num_labels-1) or as the model's label names. A model whose classes are integer values
-    (trained on labels 1/2, say: id2label {0: "1", 1: "2"}) takes the values themselves."""
-    by_value = all(name.lstrip("-").isdigit() for name in label2id)
-    ids = []
-    for row, label in enumerate(labels):
-        if label is None:
-            raise ValueError(f"{source}: row {row} (0-based) has no label; fill or remove that row")
-        if isinstance(label, float) and label.is_integer():  # 0.0/1.0, as pandas writes a column that held a NaN
-            label = int(label)
-        if isinstance(label, int) and not by_value:
-            if not 0 <= label < len(label2id):
-                raise ValueError(f"{source}: row {row} (0-based) has label {label}, outside the model's "
-                                 f"0..{len(label2id) - 1} ({', '.join(label2id)})")
-            ids.append(label)
-        elif str(label) in label2id:
-            ids.append(label2id[str(label)])
-        else:
-            raise ValueError(f"{source}: row {row} (0-based) has label {label!r}, not one of the model's "
-                             f"{sorted(label2id)}")
-    return ids
-
-
-def write_predictions(probabilities: torch.Tensor, id2label: dict, output_file: str | None,
-                      true_labels: list[int] | None = None, positions: list[int] | None = None) -> None:
-    """One row per text: index (its position in the input), label, score, per-class probabilities, and the true label
-    when evaluating."""
-    names = [id2label[i] for i in range(probabilities.shape[1])]
-    rows = []
-    for index, probs in enumerate(probabilities.tolist()):
-        best = max(range(len(probs)), key=probs.__getitem__)
-        rows.append({"index": positions[index] if positions else index, "label": names[best], "score": probs[best],
-                     "probabilities": dict(zip(names, probs))})
-        if true_labels is not None:
-            rows[-1]["true_label"] = names[true_labels[index]]
-    if output_file and output_file.endswith(".csv"):
-        with open(output_file, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            truth = ["true_label"] if true_labels is not None else []
-            writer.writerow(["index", "label", "score", *[f"prob_{name}" for name in names], *truth])
-            for row in rows:
-                writer.writerow([row["index"], row["label"], row["score"], *row["probabilities"].values(),
-                                 *([row["true_label"]] if truth else [])])
+def write_predictions(records: list[dict], output_file: str | None) -> None:
+    """One row per text, as JSONL (to stdout without a file) or CSV (a dict becomes a column per key, prob_NAME; a
+    list of labels one cell, joined by `;`)."""
+    if not (output_file and output_file.endswith(".csv")):
+        with open(output_file, "w") if output_file else contextlib.nullcontext(sys.stdout) as handle:  # stdout stays
+            handle.writelines(json.dumps(row) + "\n" for row in records)
         return
-    with open(output_file, "w") if output_file else contextlib.nullcontext(sys.stdout) as handle:  # stdout stays open
-        handle.writelines(json.dumps(row) + "\n" for row in rows)
+    rows = []
+    for record in records:
+        row = {}
+        for key, value in record.items():
+            if isinstance(value, dict):
+                row |= {f"prob_{name}": p for name, p in value.items()}
+            else:
+                row[key] = ";".join(value) if isinstance(value, list) else value
+        rows.append(row)
+    with open(output_file, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["index"])
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def main(args) -> None:
     with one_line_errors():
         check_model_dir(args.model_dir)
-        texts, labels, positions = read_inputs(args)
         # A GPT-2 model not saved by train.py has no pad token.
         tokenizer = pad_with_eos(AutoTokenizer.from_pretrained(args.model_dir), args.model_dir)
         model = AutoModelForSequenceClassification.from_pretrained(args.model_dir).eval()
-        if labels is not None:
-            labels = label_ids(labels, model.config.label2id, args.input_file)
+        if args.threshold is not None:
+            model.config.threshold = args.threshold
+        task = task_for(model.config.problem_type, getattr(model.config, "threshold", None))
+        inputs = read_inputs(args, model.config)
+        truth = None if inputs.labels is None else task.truth(inputs.labels, model.config.label2id, args.input_file)
         # train.py saves its --max_length as the tokenizer's model_max_length and its truncation choice in the config.
         max_length = args.max_length or tokenizer.model_max_length
         keep = args.truncation_keep or getattr(model.config, "truncation_keep", "head")
         head_tokens = args.head_tokens if args.head_tokens is not None else getattr(model.config, "head_tokens", 128)
-        check_head_tokens(keep, head_tokens, max_length, tokenizer)
+        if inputs.text_pairs is None:
+            check_head_tokens(keep, head_tokens, max_length, tokenizer)
+        else:
+            check_pair_room(keep, max_length, tokenizer)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     # train.py's evaluation path: the same defaults per device, buckets when compiling, no cuDNN attention on a GPU.
@@ -218,13 +246,15 @@ def main(args) -> None:
         compile_classifier(model, args.torch_compile_mode, fall_back_to_eager=args.torch_compile is None)
     else:  # train.py's eager path: the 4D attention mask built on the device, no host read in each forward
         prepare_attention_masks(model)
-    probabilities = predict(model, tokenizer, texts, batch_size, max_length, keep, head_tokens, args.mixed_precision,
-                            multiple)
+    scores = predict(model, tokenizer, inputs.texts, batch_size, max_length, keep, head_tokens, args.mixed_precision,
+                     multiple, inputs.text_pairs)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if args.output_file or not args.evaluate:
-        write_predictions(probabilities, model.config.id2label, args.output_file, labels, positions)
-    if labels is not None:
-        names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        print(format_report(classification_metrics(labels, probabilities.argmax(-1).numpy(), names)))
+        records = [{"index": position} | task.predict_record(row, names, None if truth is None else truth[i])
+                   for i, (position, row) in enumerate(zip(inputs.positions, scores.tolist()))]
+        write_predictions(records, args.output_file)
+    if truth is not None:
+        print(task.format_report(task.evaluate(np.asarray(truth), task.predicted(scores).numpy(), names)))
 
 
 if __name__ == "__main__":

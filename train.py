@@ -19,17 +19,17 @@ from typing import NamedTuple
 import logging
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from data import (KEEP_CHOICES, check_head_tokens, eval_loader, global_batches, length_order, load_splits, on_device,
-                  padding_collator, padding_efficiency, process_batches, rename_classes, rows_per_optimizer_step,
-                  select_subset, tokenize, train_loader)
-from metrics import EVAL_SCALARS, classification_metrics, format_report
+from data import (KEEP_CHOICES, add_pair_separator, check_head_tokens, check_pair_room, eval_loader, global_batches,
+                  length_order, load_splits, on_device, padding_collator, padding_efficiency, process_batches,
+                  rename_classes, rows_per_optimizer_step, select_subset, tokenize, train_loader)
+from metrics import ALL_METRICS, MULTI_LABEL, PROBLEM_TYPES
+from metrics.tasks import DEFAULT_THRESHOLD, task_for
 from model import (AUTOCAST_DTYPES, BUCKET_MULTIPLE, COMPILE_MODES, compile_classifier, compile_seconds, load_classifier,
                    load_tokenizer, parameter_groups, prefer_fast_attention, prepare_attention_masks,
                    resolve_max_length)
@@ -61,8 +61,20 @@ class Config:
                                     "override it", group=None, resume=MAY_CHANGE)
     dataset_name: str = data_flag("stanfordnlp/imdb", "Hub name, or a local directory/file (parquet, csv, json, jsonl) "
                                                       "or aclImdb/ folder", resume=REPEAT)
-    text_column: str | None = data_flag(None, "default: the first of text, sentence, review, content", resume=REPEAT)
-    label_column: str | None = data_flag(None, "default: the first of label, labels, sentiment", resume=REPEAT)
+    dataset_config_name: str | None = data_flag(None, "the dataset's configuration (nyu-mll/glue: mrpc, stsb, ...); "
+                                                      "for a local folder, its subfolder of that name", resume=REPEAT)
+    text_column: str | None = data_flag(None, "default: a known pair (sentence1 sentence2, question1 question2, "
+                                              "premise hypothesis, question sentence, ...), else the first of text, "
+                                              "sentence, review, content", resume=REPEAT)
+    text_pair_column: str | None = data_flag(None, "the second text of a sentence pair, tokenized with the first as "
+                                                   "the tokenizer's pair template puts them (default: the detected "
+                                                   "pair's, when --text_column is not given)", resume=REPEAT)
+    label_column: tuple[str, ...] | None = data_flag(None, "default: the first of label, labels, sentiment; several "
+                                                           "names: one 0/1 column per label (multi-label)",
+                                                     resume=REPEAT)
+    problem_type: str | None = data_flag(None, "default: multi_label_classification for a list of labels per row or "
+                                               "several --label_column, else single_label_classification; regression: "
+                                               "one number per row", resume=REPEAT, choices=PROBLEM_TYPES)
     label_names: tuple[str, ...] | None = data_flag(None, "a name for each class, in the order of their ids (the "
                                                           "sorted label values), e.g. World Sports Business Sci/Tech; "
                                                           "saved as the model's id2label", resume=REPEAT)
@@ -107,8 +119,12 @@ class Config:
     eval_strategy: str = eval_flag("epoch", "evaluate after every epoch, every --eval_steps optimizer steps, or only "
                                             "at the end", resume=REPEAT, choices=["epoch", "steps", "no"])
     eval_steps: int | None = eval_flag(None, "with --eval_strategy steps", resume=REPEAT, valid=AT_LEAST_ONE)
-    metric_for_best_model: str = eval_flag("accuracy", "picks output_dir/best (loss: lower is better)", resume=REPEAT,
-                                           choices=list(EVAL_SCALARS))
+    metric_for_best_model: str | None = eval_flag(None, "picks output_dir/best (default: accuracy, micro_f1 or "
+                                                        "pearson, by --problem_type; loss, mse and mae: lower is "
+                                                        "better)", resume=REPEAT, choices=list(ALL_METRICS))
+    threshold: float | None = eval_flag(None, f"multi-label: a label is predicted when its probability is at least "
+                                              f"this (default {DEFAULT_THRESHOLD}); saved with the model",
+                                        resume=REPEAT, valid=Range(0, 1, low_open=True, high_open=True))
     load_best_model_at_end: bool = eval_flag(False, "the final model in output_dir is the best evaluation's, not the "
                                                     "last step's", resume=REPEAT)
     save_best_model: bool = eval_flag(False, "also keep the best evaluation's model in output_dir/best (a second full "
@@ -162,7 +178,8 @@ class Loaded(NamedTuple):
     train_tokens: object  # datasets.Dataset: input_ids, attention_mask, ..., labels (not padded)
     eval_tokens: object
     label_names: list[str]
-    columns: dict  # the source's text and label columns
+    columns: dict  # the source's text, text pair and label column(s)
+    task: object  # metrics.tasks: what differs between single-label, multi-label and regression
     tokenizer: object
     classifier: torch.nn.Module
     max_length: int
@@ -172,11 +189,15 @@ class Loaded(NamedTuple):
 
 
 def load_data_and_model(config: Config, accelerator) -> Loaded:
-    """Tokenized train/eval subsets, label names, tokenizer and classifier; bad input is one line and exit code 1."""
+    """Tokenized train/eval subsets, label names, the task, tokenizer and classifier; bad input is one line and exit
+    code 1."""
     with one_line_errors(config.debug):
         splits, label_names = load_splits(config.dataset_name, config.text_column, config.label_column,
-                                          config.validation_split_percentage, config.subset_seed)
+                                          config.validation_split_percentage, config.subset_seed,
+                                          config.text_pair_column, config.dataset_config_name, config.problem_type)
         label_names = rename_classes(config.label_names, label_names)
+        task = choose_task(config, splits.problem_type)
+        pairs = splits.columns["text_pair"] is not None
         # Pick the subset before tokenizing: only the rows we use are tokenized.
         train_rows = select_subset(splits["train"], config.train_samples, config.subset_seed)
         eval_rows = select_subset(splits["eval"], config.eval_samples, config.subset_seed)
@@ -184,20 +205,43 @@ def load_data_and_model(config: Config, accelerator) -> Loaded:
             if len(rows) < len(split):  # the recipe's 5,000 rows would cut a user's own data set silently
                 logger.info(f"using {len(rows):,} of {len(split):,} {name} rows; --{name}_samples 0 for all")
         tokenizer = load_tokenizer(config.model_name_or_path)
-        classifier = load_classifier(config.model_name_or_path, label_names, tokenizer, config.ignore_mismatched_sizes)
+        if pairs and (separator := add_pair_separator(tokenizer)):
+            logger.info(f"sentence pairs: {type(tokenizer).__name__}'s template puts nothing between the two texts; "
+                        f"{separator!r} now separates them (saved with the tokenizer, so pipeline() does the same)")
+        classifier = load_classifier(config.model_name_or_path, label_names, tokenizer, task,
+                                     config.ignore_mismatched_sizes)
         max_length = resolve_max_length(config.max_length, tokenizer, classifier.config)
-        check_head_tokens(config.truncation_keep, config.head_tokens, max_length, tokenizer)
-    # Saved with the model, so predict.py truncates as training did (pipelines read model_max_length only: head).
+        if pairs:
+            check_pair_room(config.truncation_keep, max_length, tokenizer)
+        else:
+            check_head_tokens(config.truncation_keep, config.head_tokens, max_length, tokenizer)
+    # Saved with the model, so predict.py truncates as training did (pipelines read model_max_length only: head), reads
+    # the same columns of a file and applies the same threshold.
     tokenizer.model_max_length = max_length
-    classifier.config.truncation_keep, classifier.config.head_tokens = config.truncation_keep, config.head_tokens
+    classifier.config.update({"truncation_keep": config.truncation_keep, "head_tokens": config.head_tokens,
+                              "text_column": splits.columns["text"], "text_pair_column": splits.columns["text_pair"],
+                              "threshold": getattr(task, "threshold", None)})
     start = time.perf_counter()
     with accelerator.main_process_first():  # the main process fills the datasets cache; the others read it
         train_tokens, eval_tokens = (tokenize(rows, tokenizer, max_length, config.truncation_keep, config.head_tokens)
                                      for rows in (train_rows, eval_rows))
     tokenize_seconds = round(time.perf_counter() - start, 3)
     train_lengths, eval_lengths = ([len(ids) for ids in tokens["input_ids"]] for tokens in (train_tokens, eval_tokens))
-    return Loaded(train_tokens, eval_tokens, label_names, splits.columns, tokenizer, classifier, max_length,
+    return Loaded(train_tokens, eval_tokens, label_names, splits.columns, task, tokenizer, classifier, max_length,
                   tokenize_seconds, train_lengths, eval_lengths)
+
+
+def choose_task(config: Config, problem_type: str):
+    """The task of the problem type the data (or --problem_type) says, checked against the flags only it takes."""
+    task = task_for(problem_type, config.threshold)
+    if config.threshold is not None and problem_type != MULTI_LABEL:
+        raise ValueError(f"--threshold applies to multi-label data; this is {problem_type}")
+    metric = config.metric_for_best_model
+    if metric is not None and metric not in (*task.metrics, "loss"):
+        raise ValueError(f"--metric_for_best_model {metric}: not a {problem_type} metric; choose one of "
+                         f"{', '.join((*task.metrics, 'loss'))}")
+    logger.info(f"problem type {problem_type} (--problem_type to choose another)")
+    return task
 
 
 @dataclass
@@ -228,7 +272,7 @@ def main(config: Config) -> None:
     if history.before is None:
         history.before = timed_evaluation(run)[0]
         run.telemetry.evaluated(history.before, step=0)
-        run.accelerator.print(f"Before training:\n{format_report(history.before)}")
+        run.accelerator.print(f"Before training:\n{run.data.task.format_report(history.before)}")
     run.model.train()
     for epoch in range(state.epoch, run.plan.num_train_epochs):
         if not run_is_over(run):
@@ -275,7 +319,7 @@ def set_up(config: Config) -> Run:
                 f"({plan.num_processes} processes x {config.per_device_train_batch_size} x "
                 f"{config.gradient_accumulation_steps} accumulated)")
 
-    state = TrainState(BestTracker(config.metric_for_best_model, config.early_stopping_patience), accelerator.device)
+    state = TrainState(BestTracker(plan.metric_for_best_model, config.early_stopping_patience), accelerator.device)
     if checkpoint is not None:
         resume(state, checkpoint, config, record, accelerator)
     output_dir = Path(config.output_dir)
@@ -328,8 +372,8 @@ def run_record(config: Config, plan: Plan, data: Loaded, trackers: list[str]) ->
 def train_epoch(run: Run, epoch: int) -> None:
     """The epoch's optimizer steps: forward, loss, backward, clip, step, schedule, zero; after each step, log,
     evaluate or checkpoint when it is time, and stop when the run is over."""
-    config, plan, accelerator, model, state, telemetry = (run.config, run.plan, run.accelerator, run.model, run.state,
-                                                           run.telemetry)
+    config, plan, accelerator, model, state, telemetry, task = (run.config, run.plan, run.accelerator, run.model,
+                                                                 run.state, run.telemetry, run.data.task)
     batches, rows_per_step, epoch_length = epoch_batches(run, epoch)
     accumulation = config.gradient_accumulation_steps
     clip_at = config.max_grad_norm if config.max_grad_norm > 0 else math.inf  # no clipping: a clip at infinity
@@ -340,7 +384,7 @@ def train_epoch(run: Run, epoch: int) -> None:
         with accelerator.accumulate(model):
             labels, weights = batch.pop("labels"), batch.pop("loss_weight")
             logits = model(**batch).logits
-            row_losses = F.cross_entropy(logits.float(), labels, reduction="none") * weights
+            row_losses = task.row_losses(logits, labels) * weights  # cross-entropy, BCE or squared error (fp32)
             telemetry.lap("forward")
             # The step's loss is the mean over all its real rows (every micro-batch, every process), whatever the
             # batch sizes: DDP averages gradients over processes and backward() divides by GA, so undo both.
@@ -436,7 +480,7 @@ def end_of_epoch(run: Run, epoch: int) -> None:
         best = state.tracker.best
         history.stopped_early = {
             "epoch": epoch + 1, "step": state.completed_steps,
-            "reason": f"{config.metric_for_best_model} did not improve in {config.early_stopping_patience} "
+            "reason": f"{run.plan.metric_for_best_model} did not improve in {config.early_stopping_patience} "
                       f"evaluations (best {best['value']:.4f} at step {best['step']})"}
         logger.info(f"Stopping early: {history.stopped_early['reason']}")
     state.next_epoch()
@@ -446,39 +490,39 @@ def end_of_epoch(run: Run, epoch: int) -> None:
 
 # ---- Evaluation ----
 
-def evaluate(model, eval_batches, accelerator, label_names) -> tuple[dict, list | None]:
+def evaluate(model, eval_batches, accelerator, task, label_names) -> tuple[dict, list | None]:
     """Metrics over every eval row exactly once, computed on the main process and sent to the others; and, on the
-    main process, the predictions in the eval rows' input order (the loader runs in length order)."""
+    main process, each row's output (class id, label probabilities or score) in the eval rows' input order (the loader
+    runs in length order)."""
     model.eval()
-    rows, predictions, labels, losses = [], [], [], []
+    rows, outputs, labels, losses = [], [], [], []
     batches = on_device(eval_batches, accelerator.device)  # pinned, asynchronous copies on CUDA
     for batch in tqdm(batches, desc="eval", leave=False, total=len(eval_batches),
                       disable=not accelerator.is_local_main_process):
         batch_rows, batch_labels = batch.pop("row"), batch.pop("labels")
         with torch.no_grad():
             logits = model(**batch).logits
-        batch_losses = F.cross_entropy(logits.float(), batch_labels, reduction="none")
+        batch_losses = task.row_losses(logits, batch_labels)
         # One gather per batch; gather_for_metrics drops the rows accelerate repeated to even out the last batch.
-        gathered = accelerator.gather_for_metrics((batch_rows, logits.argmax(dim=-1), batch_labels, batch_losses))
-        for store, tensor in zip((rows, predictions, labels, losses), gathered):
+        gathered = accelerator.gather_for_metrics((batch_rows, task.outputs(logits), batch_labels, batch_losses))
+        for store, tensor in zip((rows, outputs, labels, losses), gathered):
             store.append(tensor)  # kept on the device: no host read per batch
     model.train()
     result, in_input_order = [None], None
     if accelerator.is_main_process:  # one copy of each to the host, after the last batch
-        rows, predictions, labels, losses = (torch.cat(store).cpu() for store in (rows, predictions, labels, losses))
+        rows, outputs, labels, losses = (torch.cat(store).cpu() for store in (rows, outputs, labels, losses))
         order = rows.argsort()
-        labels, predictions = labels[order].numpy(), predictions[order].numpy()
-        result[0] = classification_metrics(labels, predictions, label_names) | {
-            "loss": losses.mean().item(), "rows": len(labels)}
-        in_input_order = predictions.tolist()
+        labels, outputs = labels[order].numpy(), outputs[order].numpy()
+        result[0] = task.evaluate(labels, outputs, label_names) | {"loss": losses.mean().item(), "rows": len(labels)}
+        in_input_order = outputs.tolist()
     # Every process needs the figures: they decide the best model and early stopping together.
     return broadcast_object_list(result)[0], in_input_order
 
 
 def timed_evaluation(run: Run) -> tuple[dict, list | None]:
     start = time.perf_counter()
-    metrics, predictions = evaluate(run.model, run.eval_batches, run.accelerator, run.data.label_names)
-    return metrics | {"seconds": round(time.perf_counter() - start, 3)}, predictions
+    metrics, outputs = evaluate(run.model, run.eval_batches, run.accelerator, run.data.task, run.data.label_names)
+    return metrics | {"seconds": round(time.perf_counter() - start, 3)}, outputs
 
 
 def evaluate_and_track(run: Run, epoch: int) -> dict:
@@ -493,7 +537,7 @@ def evaluate_and_track(run: Run, epoch: int) -> dict:
         if run.config.load_best_model_at_end or run.config.save_best_model:  # a full copy: only when asked for
             save_model(run.model, run.data.tokenizer, run.accelerator, run.output_dir / "best")
     state.history.best = best = state.tracker.best
-    metric = run.config.metric_for_best_model
+    metric = run.plan.metric_for_best_model
     logger.info(f"step {state.completed_steps}: eval {metric} {metrics[metric]:.4f} (best {best['value']:.4f} at "
                 f"step {best['step']})")
     return metrics
@@ -554,7 +598,7 @@ def finish(run: Run, start_time: float) -> None:
         if last is not None and last["step"] == state.completed_steps:
             history.after = metrics_of(last)  # the model has not changed since that evaluation
         else:
-            history.after, run.predictions["last"] = evaluate(run.model, run.eval_batches, accelerator,
+            history.after, run.predictions["last"] = evaluate(run.model, run.eval_batches, accelerator, run.data.task,
                                                               run.data.label_names)
         save_model(run.model, run.data.tokenizer, accelerator, run.output_dir)
     best_is_final = config.load_best_model_at_end or (state.tracker.best or {}).get("step") == state.completed_steps
@@ -565,8 +609,9 @@ def finish(run: Run, start_time: float) -> None:
         history.config, history.speed = run.record, speed
         history.runtime_seconds = round(time.perf_counter() - start_time, 2)
         final = run.predictions["best" if config.load_best_model_at_end else "last"]
-        write_results(run.output_dir, history, list(run.data.eval_tokens["labels"]), final, run.data.label_names)
-        accelerator.print(f"After training:\n{format_report(history.after)}")
+        write_results(run.output_dir, history, run.data.task, list(run.data.eval_tokens["labels"]), final,
+                      run.data.label_names)
+        accelerator.print(f"After training:\n{run.data.task.format_report(history.after)}")
         logger.info(f"Saved the model, metrics.json and log.jsonl to {run.output_dir} "
                     f"({history.runtime_seconds:.0f} s in all)")
     accelerator.wait_for_everyone()

@@ -1,4 +1,4 @@
-"""Data: load the splits, pick the recipe's subset, tokenize without padding (keeping the head, the tail or both ends
+"""Data: load the splits (texts or sentence pairs; class, multi-label or score labels), pick the recipe's subset, tokenize without padding (keeping the head, the tail or both ends
 of long texts), shard training batches by process, and build the loaders whose batches the loops move to the device."""
 
 from data.loading import (
@@ -6,17 +6,19 @@ from data.loading import (
     LABEL_COLUMNS,
     TEXT_COLUMNS,
     check_rows,
+    Columns,
     find_column,
+    find_columns,
     load_splits,
     looks_like_path,
     read_table,
-    rename_classes,
     select_subset,
     tokenize,
 )
+from data.labels import rename_classes
 from data.loaders import (eval_loader, length_order, on_device, padding_collator, pin_memory_for, to_device,
                           train_loader)
-from data.truncation import KEEP_CHOICES, check_head_tokens, encode
+from data.truncation import KEEP_CHOICES, add_pair_separator, check_head_tokens, check_pair_room, encode
 from data.sampling import (
     WeightedRows,
     global_batches,
@@ -28,7 +30,9 @@ from data.sampling import (
 __all__ = [
     "FILE_FORMATS",
     "KEEP_CHOICES",
+    "add_pair_separator",
     "check_head_tokens",
+    "check_pair_room",
     "check_rows",
     "encode",
     "eval_loader",
@@ -39,7 +43,9 @@ __all__ = [
     "train_loader",
     "LABEL_COLUMNS",
     "TEXT_COLUMNS",
+    "Columns",
     "find_column",
+    "find_columns",
     "read_table",
     "rename_classes",
     "WeightedRows",

@@ -1,39 +1,48 @@
-"""Load a text-classification dataset as a `train` and an `eval` split with a `text` and a `label` column.
+"""Load a text-classification dataset as a `train` and an `eval` split with a `text` column (and `text_pair` for
+sentence pairs) and a `label` column (data/labels.py: class ids, multi-hot rows or numbers).
 
-Sources: a Hub name (`stanfordnlp/imdb`), a local directory of parquet/CSV/JSON(L) files named by split, one such file
-(its split partner is looked up beside it), or the raw Stanford `aclImdb/` folder. Errors are one line saying what to pass.
+Sources: a Hub name (`stanfordnlp/imdb`; `nyu-mll/glue` with a configuration), a local directory of parquet/CSV/JSON(L)
+files named by split (in a configuration's subfolder for a local copy of such a dataset), one such file (its split
+partner is looked up beside it), or the raw Stanford `aclImdb/` folder. Errors are one line saying what to pass.
 """
 
 import logging
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict
 
+from data.labels import encode_labels
 from data.truncation import encode
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content")
 LABEL_COLUMNS = ("label", "labels", "sentiment")
-EVAL_SPLITS = ("test", "validation")  # first found is the eval split
+EVAL_SPLITS = ("test", "validation")  # the first found with labels is the eval split
 FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json"}
 # How datasets reads each format: TSV is CSV split on tabs, with quotes as plain characters (as GLUE ships it).
 READERS = {"parquet": ("parquet", {}), "csv": ("csv", {}), "tsv": ("csv", {"delimiter": "\t", "quoting": 3}),
            "json": ("json", {})}
 SPLIT_FILE = re.compile(r"(?P<split>[a-z]+)(-\d+-of-\d+)?")  # train.csv, or a Hub shard train-00000-of-00002.parquet
-# Datasets that store integer labels without names, by the dataset's own name (the Hub name's last part, or the folder
-# of the files): IMDB's Hub copy calls 0 "neg" and 1 "pos". `data/my_imdb_spam` is not IMDB.
-KNOWN_LABEL_NAMES = {"imdb": ["neg", "pos"]}
 NO_ROWS = "no rows (only a header?); every split needs labelled texts"
 logger = logging.getLogger(__name__)
 
 
-def load_splits(name: str, text_column: str | None = None, label_column: str | None = None,
-                validation_split_percentage: int | None = None, seed: int = 42):
-    """Return (DatasetDict with `train` and `eval`, each with columns `text` and `label`; the label names). Data with a
-    train split only gets its eval split from `validation_split_percentage` % of the train rows (seeded)."""
+def load_splits(name: str, text_column: str | None = None, label_columns: tuple[str, ...] | None = None,
+                validation_split_percentage: int | None = None, seed: int = 42, text_pair_column: str | None = None,
+                config_name: str | None = None, problem_type: str | None = None):
+    """Return (Splits: `train` and `eval`, each with columns `text`, `text_pair` for sentence pairs, and `label`; the
+    label names). Data with a train split only gets its eval split from `validation_split_percentage` % of the train
+    rows (seeded). `config_name`: the Hub dataset's configuration (GLUE's mrpc), or a local folder's subfolder."""
     path = Path(name).expanduser()
+    if config_name and path.is_dir():  # a local copy of a Hub dataset with configurations: one folder each
+        if not (path / config_name).is_dir():
+            found = sorted(p.name for p in path.iterdir() if p.is_dir())
+            raise FileNotFoundError(f"--dataset_config_name {config_name}: no folder {path / config_name} (folders: "
+                                    f"{', '.join(found) or 'none'})")
+        path = path / config_name
     if path.is_dir() and _aclimdb_root(path) is not None:
         root = _aclimdb_root(path)
         raw, origins = _load_aclimdb(root), {"train": f"{root}/train", "eval": f"{root}/test"}
@@ -45,11 +54,11 @@ def load_splits(name: str, text_column: str | None = None, label_column: str | N
                                                   "pass a local directory or file, or go online")
         raise FileNotFoundError(f"--dataset_name {name}: no such file or directory{where}{hub}")
     else:
-        raw = _load_hub(name)
+        raw = _load_hub(name, config_name)
         origins = {split: f"{name} ({split} split)" for split in raw}
     if validation_split_percentage:
         raw, origins = _hold_out(raw, origins, validation_split_percentage, seed)
-    return _normalize(raw, name, origins, text_column, label_column)
+    return _normalize(raw, name, origins, Columns(text_column, text_pair_column, label_columns), problem_type)
 
 
 def _hold_out(raw: DatasetDict, origins: dict, percentage: int, seed: int) -> tuple[DatasetDict, dict]:
@@ -73,12 +82,13 @@ def select_subset(split: Dataset, num_rows: int, seed: int) -> Dataset:
 
 
 def tokenize(split: Dataset, tokenizer, max_length: int, keep: str = "head", head_tokens: int = 128) -> Dataset:
-    """Token ids truncated to max_length (keeping the head, tail or both ends of long texts) and *not* padded: the
-    collator pads each batch to its own longest row."""
+    """Token ids truncated to max_length (keeping the head, tail or both ends of long texts; pairs longest first) and
+    *not* padded: the collator pads each batch to its own longest row."""
+    texts = [column for column in ("text", "text_pair") if column in split.column_names]
     tokenized = split.map(
-        lambda rows: encode(rows["text"], tokenizer, max_length, keep, head_tokens),
+        lambda rows: encode(rows["text"], tokenizer, max_length, keep, head_tokens, rows.get("text_pair")),
         batched=True,
-        remove_columns=["text"],
+        remove_columns=texts,
         desc="Tokenizing",
     )
     return tokenized.rename_column("label", "labels")
@@ -99,9 +109,13 @@ def _hub_is_off() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
-def _load_hub(name: str) -> DatasetDict:
+def _load_hub(name: str, config_name: str | None) -> DatasetDict:
     try:
-        return datasets.load_dataset(name)
+        return datasets.load_dataset(name, config_name)
+    except ValueError as error:  # a dataset with configurations, loaded without one (or with a wrong one)
+        if "config" not in str(error).lower():
+            raise
+        raise ValueError(f"--dataset_name {name}: {str(error).splitlines()[0]} (pass --dataset_config_name)") from None
     except (ConnectionError, OSError) as error:
         raise ConnectionError(
             f"--dataset_name {name}: cannot load it from the Hugging Face Hub ({type(error).__name__}); "
@@ -131,12 +145,11 @@ def _load_files(path: Path, need_eval: bool = True) -> tuple[DatasetDict, dict]:
                 f"--dataset_name {path}: no train file found; expected train.parquet, train.csv, train.tsv or "
                 "train.jsonl (or the aclImdb/ folder)"
             )
-    for split in EVAL_SPLITS:
+    for split in EVAL_SPLITS:  # both, when both are there: a test split may hide its labels (GLUE's)
         files = [p for p in candidates if _split_of(p) == split]
         if files:
-            splits["eval"] = files
-            break
-    else:
+            splits[split] = files
+    if len(splits) == 1:
         if need_eval:
             raise FileNotFoundError(
                 f"--dataset_name {path}: no test or validation split found beside the train data; add a "
@@ -203,6 +216,21 @@ def _load_aclimdb(root: Path) -> DatasetDict:
     return DatasetDict(splits)
 
 
+# Sentence-pair columns detected when --text_column is not given (GLUE, SNLI/MNLI, QQP, SICK, QNLI, ...): the first
+# pair present is the text and the text pair, tokenized together as the tokenizer's pair template puts them.
+KNOWN_PAIRS = (("sentence1", "sentence2"), ("question1", "question2"), ("premise", "hypothesis"),
+               ("question", "sentence"), ("sentence_A", "sentence_B"), ("sentence_a", "sentence_b"),
+               ("text", "text_pair"), ("query", "passage"), ("question", "passage"))
+
+
+class Columns(NamedTuple):
+    """The source's columns: the text, the second text of a pair (or None), the label column(s)."""
+
+    text: str | None
+    text_pair: str | None
+    labels: tuple[str, ...] | None
+
+
 def find_column(split: Dataset, given: str | None, candidates: tuple, flag: str, source: str) -> str:
     if given is not None:
         if given not in split.column_names:
@@ -214,14 +242,34 @@ def find_column(split: Dataset, given: str | None, candidates: tuple, flag: str,
     raise ValueError(f"{source}: none of the columns {split.column_names} is a known {flag[2:]}; pass {flag}")
 
 
-def check_rows(rows: Dataset, text: str, label: str | None, origin: str) -> None:
-    """Every row has a non-blank text and (when labels are used) a label; the first bad row is named."""
-    for index, value in enumerate(rows.data.column(text).to_pylist()):
-        if not isinstance(value, str) or not value.strip():
-            what = "no text" if value is None else f"an empty text {value!r}" if isinstance(value, str) else \
-                f"a {type(value).__name__} instead of a text"
-            raise ValueError(f"{origin}: row {index} (0-based) has {what} in column {text!r}; fill or remove that row")
-    if label is not None:
+def find_columns(split: Dataset, given: Columns, source: str, detect_pairs: bool = True,
+                 labels: bool = True) -> Columns:
+    """The given columns (each checked), or the detected ones: a known pair of text columns (with `detect_pairs`)
+    before a single one; no label columns without `labels`."""
+    pair = next((p for p in KNOWN_PAIRS if set(p) <= set(split.column_names)), None) if detect_pairs else None
+    if given.text is None and given.text_pair is None and pair is not None:
+        text, text_pair = pair
+    else:
+        text = find_column(split, given.text, TEXT_COLUMNS, "--text_column", source)
+        text_pair = given.text_pair and find_column(split, given.text_pair, (), "--text_pair_column", source)
+    if not labels:
+        return Columns(text, text_pair, ())
+    label_columns = [find_column(split, label, (), "--label_column", source) for label in given.labels or []] or [
+        find_column(split, None, LABEL_COLUMNS, "--label_column", source)]
+    return Columns(text, text_pair, tuple(label_columns))
+
+
+def check_rows(rows: Dataset, texts: list[str], labels: list[str], origin: str) -> None:
+    """Every row has a non-blank text in each text column and (when labels are used) a label in each label column;
+    the first bad row is named."""
+    for text in texts:
+        for index, value in enumerate(rows.data.column(text).to_pylist()):
+            if not isinstance(value, str) or not value.strip():
+                what = "no text" if value is None else f"an empty text {value!r}" if isinstance(value, str) else \
+                    f"a {type(value).__name__} instead of a text"
+                raise ValueError(f"{origin}: row {index} (0-based) has {what} in column {text!r}; fill or remove that "
+                                 "row")
+    for label in labels:
         missing = rows.data.column(label).is_null().to_pylist()
         if any(missing):
             raise ValueError(f"{origin}: row {missing.index(True)} (0-based) has no label in column {label!r}; "
@@ -229,90 +277,54 @@ def check_rows(rows: Dataset, text: str, label: str | None, origin: str) -> None
 
 
 class Splits(DatasetDict):
-    """`train` and `eval`, each with a `text` and a `label` column; `columns` names the source's columns they are."""
+    """`train` and `eval`, each with `text`, `text_pair` (pairs only) and `label` columns; `columns` names the source's
+    columns they are (text, text_pair, label: one name, or a list of them), `problem_type` the kind of job."""
 
-    def __init__(self, splits: DatasetDict, columns: dict):
+    def __init__(self, splits: DatasetDict, columns: dict, problem_type: str):
         super().__init__(splits)
-        self.columns = columns
+        self.columns, self.problem_type = columns, problem_type
 
 
-def _normalize(raw: DatasetDict, source: str, origins: dict, text_column: str | None, label_column: str | None):
+def _normalize(raw: DatasetDict, source: str, origins: dict, given: Columns, problem_type: str | None):
     if "train" not in raw:
         raise ValueError(f"--dataset_name {source}: no train split (splits: {list(raw)})")
+    columns = find_columns(raw["train"], given, source)
     if "eval" not in raw:
-        eval_split = next((s for s in EVAL_SPLITS if s in raw), None)
-        if eval_split is None:
-            raise ValueError(f"--dataset_name {source}: no test or validation split (splits: {list(raw)}); pass "
-                             "--validation_split_percentage 10 to hold out 10% of the train rows")
+        eval_split = _labelled_eval_split(raw, columns.labels, source)
         raw = DatasetDict(train=raw["train"], eval=raw[eval_split])
         origins = origins | {"eval": origins[eval_split]}
     raw = DatasetDict(train=raw["train"], eval=raw["eval"])
     for split, rows in raw.items():
         if len(rows) == 0:
             raise ValueError(f"{origins[split]}: {NO_ROWS}")
-    text = find_column(raw["train"], text_column, TEXT_COLUMNS, "--text_column", source)
-    label = find_column(raw["train"], label_column, LABEL_COLUMNS, "--label_column", source)
-    logger.info(f"text column {text!r}, label column {label!r} (--text_column / --label_column to choose others)")
+    texts = [column for column in (columns.text, columns.text_pair) if column]
+    pair = f", text pair column {columns.text_pair!r}" if columns.text_pair else ""
+    logger.info(f"text column {columns.text!r}{pair}, label column {', '.join(map(repr, columns.labels))} "
+                "(--text_column / --text_pair_column / --label_column to choose others)")
     for split in raw.values():
-        for column in (text, label):
+        for column in (*texts, *columns.labels):
             if column not in split.column_names:
                 raise ValueError(f"{source}: the eval split has no column {column!r}; columns are {split.column_names}")
     for split, rows in raw.items():
-        check_rows(rows, text, label, origins[split])
-    raw = raw.select_columns([text, label])
-    if (text, label) != ("text", "label"):
-        raw = raw.rename_columns({text: "text", label: "label"})
-
-    splits, names = _label_classes(raw, source, origins)
-    return Splits(splits, columns={"text": text, "label": label}), names
-
-
-def _label_classes(raw: DatasetDict, source: str, origins: dict) -> tuple[DatasetDict, list[str]]:
-    """The classes are the label values of the train split, in sorted order, as ids 0..n-1 (as run_glue does): labels
-    1/2 train a 2-class model, not a 3-class one with an empty class 0. Names: a ClassLabel's, the strings themselves,
-    IMDB's neg/pos, LABEL_i when the values already are 0..n-1, else the values (id2label {0: "1", 1: "2"}). An eval
-    label the train split does not have is an error naming its row."""
-    feature = raw["train"].features["label"]
-    if isinstance(feature, ClassLabel):
-        return raw, list(feature.names)
-    text_labels = feature.dtype in ("string", "large_string")
-    if not text_labels:
-        raw = DatasetDict({split: _whole_numbers(rows, origins[split]) for split, rows in raw.items()})
-    values = sorted(raw["train"].unique("label"))
-    known = set(values)
-    eval_labels = raw["eval"].data.column("label").to_pylist()
-    unseen = next(((row, value) for row, value in enumerate(eval_labels) if value not in known), None)
-    if unseen is not None:
-        shown = ", ".join(map(str, values[:20])) + (", ..." if len(values) > 20 else "")
-        raise ValueError(f"{origins['eval']}: row {unseen[0]} (0-based) has label {unseen[1]!r}, which no train row "
-                         f"has (train labels: {shown}); fix or remove that row")
-    if text_labels:
-        return raw.cast_column("label", ClassLabel(names=values)), values
-    if values == list(range(len(values))):  # already ids
-        named = KNOWN_LABEL_NAMES.get(dataset_id(source))
-        return raw, named if named and len(named) >= len(values) else [f"LABEL_{i}" for i in values]
-    ids = {value: i for i, value in enumerate(values)}
-    logger.info(f"labels {', '.join(map(str, values))} are classes 0..{len(values) - 1} in that order (saved as the "
-                "model's id2label)")
-    return raw.map(lambda rows: {"label": [ids[v] for v in rows["label"]]}, batched=True), [str(v) for v in values]
+        check_rows(rows, texts, columns.labels, origins[split])
+    raw = raw.select_columns([*texts, *columns.labels])
+    raw = raw.rename_columns({old: new for old, new in zip(texts, ("text", "text_pair")) if old != new})
+    raw, names, problem_type = encode_labels(raw, list(columns.labels), problem_type, origins, dataset_id(source))
+    label = columns.labels[0] if len(columns.labels) == 1 else list(columns.labels)
+    return Splits(raw, {"text": columns.text, "text_pair": columns.text_pair, "label": label}, problem_type), names
 
 
-def _whole_numbers(rows: Dataset, origin: str) -> Dataset:
-    """Integer labels; floats too when they are whole (pandas writes 0.0/1.0 once a column held a NaN)."""
-    if not rows.features["label"].dtype.startswith("float"):
-        return rows
-    for index, value in enumerate(rows.data.column("label").to_pylist()):
-        if not float(value).is_integer():
-            raise ValueError(f"{origin}: row {index} (0-based) has label {value!r}, not a whole number; labels are "
-                             "classes: integers or names")
-    return rows.cast_column("label", datasets.Value("int64"))
-
-
-def rename_classes(given: list[str] | None, found: list[str]) -> list[str]:
-    """--label_names in place of the names found, one per class in id order."""
-    if not given:
-        return found
-    if len(given) != len(found):
-        raise ValueError(f"--label_names gives {len(given)} names ({', '.join(given)}) but the train split has "
-                         f"{len(found)} classes ({', '.join(found)}); give one name per class, in this order")
-    return list(given)
+def _labelled_eval_split(raw: DatasetDict, labels: tuple[str, ...], source: str) -> str:
+    """The first of test/validation whose labels are known: GLUE's test splits hide theirs (every label -1)."""
+    found = [split for split in EVAL_SPLITS if split in raw]
+    if not found:
+        raise ValueError(f"--dataset_name {source}: no test or validation split (splits: {list(raw)}); pass "
+                         "--validation_split_percentage 10 to hold out 10% of the train rows")
+    for split in found:
+        values = raw[split].data.column(labels[0]).to_pylist() if labels[0] in raw[split].column_names else [None]
+        if not all(value in (-1, None) for value in values):
+            if len(found) > 1:
+                logger.info(f"evaluating on the {split} split ({', '.join(s for s in found if s != split)} left out)")
+            return split
+        logger.info(f"the {split} split has no labels (all -1 or empty): not evaluated on")
+    return found[-1]

@@ -35,21 +35,25 @@ def pad_with_eos(tokenizer, source: str):
     return tokenizer
 
 
-def load_classifier(name: str, label_names: list[str], tokenizer, ignore_mismatched_sizes: bool = False):
-    """A sequence classifier with one output per label; the labels' names go into its config for pipelines. A model
-    already fine-tuned for another number of labels is refused unless its head may be replaced."""
+def load_classifier(name: str, label_names: list[str], tokenizer, task, ignore_mismatched_sizes: bool = False):
+    """A sequence classifier with the task's outputs (one per class or label; one for regression) and its
+    problem_type; the labels' names go into its config for pipelines. A model already fine-tuned for another number
+    of outputs is refused unless its head may be replaced."""
     config = _from_pretrained(AutoConfig, name)
     trained_head = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
-    if trained_head and config.num_labels != len(label_names) and not ignore_mismatched_sizes:
+    outputs = task.num_outputs(label_names)
+    if trained_head and config.num_labels != outputs and not ignore_mismatched_sizes:
         raise ValueError(
-            f"--model_name_or_path {name}: its classification head has {config.num_labels} labels "
-            f"({', '.join(map(str, config.id2label.values()))}) but the data has {len(label_names)} "
-            f"({', '.join(label_names)}); pass --ignore_mismatched_sizes to train a new head"
+            f"--model_name_or_path {name}: its classification head has {config.num_labels} outputs "
+            f"({', '.join(map(str, config.id2label.values()))}) but the data needs {outputs} "
+            f"({', '.join(label_names[:5])}{', ...' if len(label_names) > 5 else ''}); pass --ignore_mismatched_sizes "
+            "to train a new head"
         )
     model = _from_pretrained(
         AutoModelForSequenceClassification,
         name,
-        num_labels=len(label_names),
+        num_labels=outputs,
+        problem_type=task.problem_type,  # pipeline() applies softmax, sigmoid or nothing by it
         id2label=dict(enumerate(label_names)),
         label2id={label: i for i, label in enumerate(label_names)},
         ignore_mismatched_sizes=ignore_mismatched_sizes,

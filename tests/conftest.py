@@ -105,16 +105,30 @@ def run_train(args: list, processes: int = 1, use_cpu_group: bool = True, check:
 
         result = run_in_process(train, args)
     else:
-        env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                   str(processes), "--num_cpu_threads_per_process", "1", "--main_process_port", str(_free_port()),
-                   str(ROOT / "train.py")]
-        if use_cpu_group:
-            env["ACCELERATE_USE_CPU"] = "1"  # gloo on the CPU: without it each process trains alone
-        result = subprocess.run(command + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True,
-                                timeout=600)
+        result = finish_launch(launch_train(args, processes, use_cpu_group))
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def launch_train(args: list, processes: int, use_cpu_group: bool = True) -> subprocess.Popen:
+    """`accelerate launch --multi_gpu --num_processes N train.py ARGS`, started (launches started together run side
+    by side: most of their seconds are imports and compiling, one core each)."""
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+               str(processes), "--num_cpu_threads_per_process", "1", "--main_process_port", str(_free_port()),
+               str(ROOT / "train.py")]
+    if use_cpu_group:
+        env["ACCELERATE_USE_CPU"] = "1"  # gloo on the CPU: without it each process trains alone
+    return subprocess.Popen(command + [str(a) for a in args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish_launch(process: subprocess.Popen, check: bool = False) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=600)
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{stdout[-3000:]}\n{stderr[-5000:]}")
     return result
 
 

@@ -57,7 +57,7 @@ CASES = {
         "{data}/train.jsonl: row 2 (0-based) has no label in column 'label'; fill or remove that row"),
     "labels beyond the model's head": (
         lambda d: data_dir(d, train=GOOD.assign(label=[0, 1, 2, 1])),
-        "--model_name_or_path {model}: its classification head has 2 labels (LABEL_0, LABEL_1) but the data has 3 "
+        "--model_name_or_path {model}: its classification head has 2 outputs (LABEL_0, LABEL_1) but the data needs 3 "
         "(LABEL_0, LABEL_1, LABEL_2); pass --ignore_mismatched_sizes to train a new head"),
     "invalid UTF-8 in a CSV": (
         lambda d: (data_dir(d), (d / "data" / "train.csv").write_bytes(b"text,label\ngood \xff film,1\n")) and d / "data",

@@ -93,7 +93,7 @@ def test_yaml_values_reach_each_flag_as_its_type(tmp_path):
                       "overwrite_output_dir: true\nmax_length: null\nhead_tokens: ~\n")
     args = train.parse_args(["--config", config])
     assert (args.eval_strategy, args.eval_steps, args.label_names, args.text_column, args.label_column) == (
-        "steps", 10, ("no", "yes"), "on", "1:30")
+        "steps", 10, ("no", "yes"), "on", ("1:30",))  # --label_column takes one or more names
     assert (args.max_length, args.head_tokens) == (None, 128)  # null: the default
     config.write_text("eval_strategy: no\n")
     assert train.parse_args(["--config", config]).eval_strategy == "no"

@@ -55,7 +55,7 @@ def test_explicit_columns_override_detection(tmp_path):
     frame = pd.DataFrame({"body": ["a", "b"], "y": [0, 1], "text": ["x", "y"]})
     write(frame, tmp_path / "train.jsonl", "jsonl")
     write(frame, tmp_path / "test.jsonl", "jsonl")
-    splits, _ = load_splits(str(tmp_path), text_column="body", label_column="y")
+    splits, _ = load_splits(str(tmp_path), text_column="body", label_columns=("y",))
     assert splits["train"]["text"][:] == ["a", "b"]
 
 
@@ -163,7 +163,7 @@ def test_a_label_that_is_not_a_whole_number_is_named(tmp_path):
     with pytest.raises(ValueError) as error:
         load_splits(labelled(tmp_path, [0.0, 1.0, 0.5], [1.0]))
     assert str(error.value) == (f"{tmp_path / 'train.csv'}: row 2 (0-based) has label 0.5, not a whole number; labels "
-                                "are classes: integers or names")
+                                "are classes (integers or names): for scores pass --problem_type regression")
 
 
 def test_label_names_rename_the_classes_and_must_match_their_count():

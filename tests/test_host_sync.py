@@ -313,7 +313,7 @@ def check_predict(model, tokenizer, compiled: bool = False) -> torch.Tensor:
     assert audit.forwards["predict"] == batches
     check_once_per_batch(audit, "predict", batches, end_sync_points=0)
     if not compiled:  # the one read per batch: its probabilities, copied to the host
-        copy_line = _line_of(predict, ".softmax(dim=-1).cpu()")
+        copy_line = _line_of(predict, "scores[rows] = task.scores(model(**batch).logits).cpu()")
         assert {(read.op, read.where) for read in reads} == {(".cpu()", f"predict.py:{copy_line}")}, listing(reads)
     return probabilities
 

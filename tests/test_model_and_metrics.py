@@ -4,7 +4,7 @@ import pytest
 from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, DistilBertConfig,
                           DistilBertForSequenceClassification, GPT2Config, GPT2ForSequenceClassification)
 
-from metrics import classification_metrics, format_report
+from metrics import classification_metrics, format_report, task_for
 from model import load_classifier, load_tokenizer, no_decay_parameter_names, parameter_groups, resolve_max_length
 
 
@@ -50,7 +50,7 @@ def test_gpt2_tokenizer_pads_with_eos_and_the_model_knows(tiny_gpt2, caplog):
         tokenizer = load_tokenizer(str(tiny_gpt2))
     assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id == 50256
     assert "no pad token: padding with its eos token" in caplog.text
-    model = load_classifier(str(tiny_gpt2), ["neg", "pos"], tokenizer)
+    model = load_classifier(str(tiny_gpt2), ["neg", "pos"], tokenizer, task_for(None))
     assert model.config.pad_token_id == 50256
     assert model.config.id2label == {0: "neg", 1: "pos"} and model.config.label2id == {"neg": 0, "pos": 1}
 

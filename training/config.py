@@ -156,8 +156,12 @@ class Plan:
     --per_device_eval_batch_size's). Steps count optimizer steps across all processes."""
 
     text_column: str  # --text_column, or the one detected
-    label_column: str
-    label_names: list[str]  # --label_names, or the data's classes
+    text_pair_column: str | None  # sentence pairs: the second text's column
+    label_column: str | list[str]  # several: one 0/1 column per label
+    label_names: list[str]  # --label_names, or the data's classes (or labels)
+    problem_type: str  # --problem_type, or the one the data says (metrics/tasks.py)
+    metric_for_best_model: str  # --metric_for_best_model, or the problem type's first metric
+    threshold: float | None  # multi-label only
     max_length: int  # --max_length, or the model's limit capped at 512
     mixed_precision: str  # --mixed_precision, or the launcher's
     num_processes: int
@@ -182,8 +186,11 @@ def make_plan(config, data, accelerator) -> Plan:
     accumulation = config.gradient_accumulation_steps
     steps_per_epoch = math.ceil(math.ceil(train_rows / global_batch_size) / accumulation)
     max_train_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
-    return Plan(text_column=data.columns["text"], label_column=data.columns["label"],
-                label_names=list(data.label_names), max_length=max_length, mixed_precision=accelerator.mixed_precision,
+    task = data.task
+    return Plan(text_column=data.columns["text"], text_pair_column=data.columns["text_pair"],
+                label_column=data.columns["label"], label_names=list(data.label_names),
+                problem_type=task.problem_type, metric_for_best_model=config.metric_for_best_model or task.metrics[0],
+                threshold=getattr(task, "threshold", None), max_length=max_length, mixed_precision=accelerator.mixed_precision,
                 num_processes=accelerator.num_processes, torch_compile=torch_compile,
                 pad_to_multiple_of=pad_to_multiple_of, eval_batch_size=eval_batch_size,
                 global_batch_size=global_batch_size, total_train_batch_size=global_batch_size * accumulation,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from metrics.history import History
 from metrics.report import confusion, write_markdown, write_picture
+from metrics.tasks import SINGLE_LABEL
 from training.checkpoints import find_checkpoint, list_checkpoints
 
 logger = logging.getLogger("train")
@@ -60,16 +61,19 @@ def save_model(model, tokenizer, accelerator, directory: Path) -> None:
     accelerator.wait_for_everyone()
 
 
-def write_results(output_dir: Path, history: History, eval_labels: list, predictions: list | None,
+def write_results(output_dir: Path, history: History, task, eval_labels: list, outputs: list | None,
                   label_names: list[str]) -> None:
-    """metrics.json, eval_predictions.jsonl (the final model's prediction of every eval row, in input order: unknown
-    only when resuming after the evaluation that made it), report.md and report.png."""
-    if predictions is not None:
-        history.confusion_matrix = confusion(eval_labels, predictions, label_names)
-        lines = [json.dumps({"row": i, "label": int(y), "prediction": p})
-                 for i, (y, p) in enumerate(zip(eval_labels, predictions))]
-        (output_dir / "eval_predictions.jsonl").write_text("\n".join(lines) + "\n")
+    """metrics.json, eval_predictions.jsonl (the final model's output for every eval row, in input order, as
+    task.prediction_record gives it: unknown only when resuming after the evaluation that made it), the confusion
+    matrix (single-label only), report.md and report.png. `outputs`: the task's outputs() on the host, per row."""
+    records = None
+    if outputs is not None:
+        records = [{"row": i, **task.prediction_record(label, output, label_names)}
+                   for i, (label, output) in enumerate(zip(eval_labels, outputs, strict=True))]
+        (output_dir / "eval_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        if task.problem_type == SINGLE_LABEL:
+            history.confusion_matrix = confusion(eval_labels, outputs, label_names)
     history.write(output_dir / "metrics.json")
     write_markdown(output_dir / "report.md", history)
     write_picture(output_dir / "report.png", history,
-                  [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()])
+                  [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()], records)

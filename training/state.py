@@ -8,12 +8,11 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from metrics.history import History
+from metrics.tasks import LOWER_IS_BETTER
 
 
 class BestTracker:
     """The best evaluation so far by one metric, and how many evaluations have passed without beating it."""
-
-    LOWER_IS_BETTER = ("loss",)
 
     def __init__(self, metric: str, patience: int | None = None):
         self.metric, self.patience = metric, patience
@@ -25,7 +24,7 @@ class BestTracker:
         value = metrics[self.metric]
         if self.best is None:
             improved = True
-        elif self.metric in self.LOWER_IS_BETTER:
+        elif self.metric in LOWER_IS_BETTER:
             improved = value < self.best["value"]
         else:
             improved = value > self.best["value"]

@@ -12,7 +12,7 @@ import torch
 from accelerate.utils import is_tensorboard_available, is_wandb_available
 from tqdm.auto import tqdm
 
-from metrics import EVAL_SCALARS
+from metrics import ALL_METRICS
 from metrics.throughput import (PhaseTimer, measure_peak_tflops, model_flops_utilization, profile_sort_key,
                                 training_flop_rates)
 
@@ -46,7 +46,7 @@ def flop_rate(tflops: float) -> str:
 
 def tracked(metrics: dict, prefix: str) -> dict:
     """The scalars of an evaluation for the trackers: eval/accuracy, eval/f1, ..."""
-    return {f"{prefix}/{k}": v for k, v in metrics.items() if k in EVAL_SCALARS}
+    return {f"{prefix}/{k}": v for k, v in metrics.items() if k in ALL_METRICS}
 
 
 class Telemetry:

@@ -1,0 +1,380 @@
+"""Sentence pairs, regression and multi-label end to end, on small cuts of GLUE MRPC (pairs, two classes), GLUE STS-B
+(pairs, a score per row) and GoEmotions (a list of labels per row, 28 labels): what holds for single-label holds for
+each (pinned losses, predict.py = train's "after", pipeline, exact resume, gradient accumulation = the big batch,
+2 processes (compiled) = 1, bf16, best model, trackers, the resume check), and bad input is one line."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import pipeline
+
+import predict as predict_module
+from conftest import SHARED, finish_launch, launch_train, read_outputs, require, run_in_process, run_train
+from metrics import task_for
+
+GLUE_DIR = Path(os.environ.get("TEST_GLUE_DIR", SHARED / "data"))
+# kind: (data set, its rows' cut: train, eval; train.py's extra flags)
+KINDS = {"pairs": ("mrpc", ["--ignore_mismatched_sizes"]),
+         "regression": ("stsb", ["--problem_type", "regression", "--ignore_mismatched_sizes"]),
+         "multi_label": ("go_emotions", ["--ignore_mismatched_sizes", "--learning_rate", 3e-3])}
+PROBLEM_TYPES = {"pairs": "single_label_classification", "regression": "regression",
+                 "multi_label": "multi_label_classification"}
+COMMON = ["--train_samples", 0, "--eval_samples", 0, "--num_train_epochs", 2, "--per_device_train_batch_size", 8,
+          "--max_length", 64, "--logging_steps", 1, "--learning_rate", 1e-3]
+
+
+def cut(name: str, out: Path, train_rows: int = 24, eval_rows: int = 15) -> Path:
+    """train.parquet and validation.parquet of `train_rows` / `eval_rows` rows (15: odd, so 2 processes' last eval
+    batch is uneven), in a folder named like the data set."""
+    source = require(GLUE_DIR / name)
+    folder = out / name
+    folder.mkdir(parents=True)
+    train = pd.read_parquet(source / "train.parquet").sample(n=train_rows, random_state=0).reset_index(drop=True)
+    validation = pd.read_parquet(source / "validation.parquet")
+    if "labels" in validation:  # GoEmotions: only eval rows whose labels the cut's train rows have
+        known = {label for labels in train["labels"] for label in labels}
+        validation = validation[[set(labels) <= known for labels in validation["labels"]]]
+    train.to_parquet(folder / "train.parquet")
+    validation.sample(n=eval_rows, random_state=0).reset_index(drop=True).to_parquet(folder / "validation.parquet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("glue")
+    return {kind: cut(name, out) for kind, (name, _) in KINDS.items()}
+
+
+def args_for(kind: str, tiny_bert, data: dict) -> list:
+    return ["--model_name_or_path", tiny_bert, "--dataset_name", data[kind], *COMMON, *KINDS[kind][1]]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_bert, data, tmp_path_factory) -> dict:
+    """Each kind trained once (fp32, one process, checkpoints every 2 steps, TensorBoard): its folder."""
+    out = tmp_path_factory.mktemp("kinds")
+    for kind in KINDS:
+        run_train(args_for(kind, tiny_bert, data) + ["--output_dir", out / kind, "--checkpointing_steps", 2,
+                                                     "--report_to", "tensorboard"])
+    return {kind: out / kind for kind in KINDS}
+
+
+# The first three step losses and the final evaluation's loss: fp32 on the CPU is deterministic.
+PINNED = {"pairs": ([0.693828, 0.693290, 0.674284], 0.677438),
+          "regression": ([16.350233, 3.925394, 10.037977], 8.504959),
+          "multi_label": ([0.695672, 0.685552, 0.674720], 0.650439)}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_each_kind_trains_with_its_loss_and_reports_its_metrics(kind, runs):
+    metrics, log = read_outputs(runs[kind])
+    task = task_for(PROBLEM_TYPES[kind])
+    assert metrics["config"]["problem_type"] == PROBLEM_TYPES[kind]
+    assert set(metrics["after"]) >= {*task.metrics, "loss", "rows"} and metrics["after"]["rows"] == 15
+    losses, after = PINNED[kind]
+    assert [r["loss"] for r in log[:3]] == pytest.approx(losses, abs=1e-5)
+    assert metrics["after"]["loss"] == pytest.approx(after, abs=1e-5)
+    saved = json.loads((runs[kind] / "config.json").read_text())
+    assert saved["problem_type"] == PROBLEM_TYPES[kind]  # pipeline() applies softmax, sigmoid or nothing by it
+    assert saved["threshold"] == (0.5 if kind == "multi_label" else None)
+    predictions = [json.loads(line) for line in (runs[kind] / "eval_predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 15 and [p["row"] for p in predictions] == list(range(15))
+    report = (runs[kind] / "report.md").read_text()
+    assert all(f" {metric} " in report for metric in task.metrics)
+
+
+def test_pairs_are_detected_and_tokenized_as_the_tokenizers_pair(runs, data, minilm_dir):
+    from transformers import AutoTokenizer
+
+    from data import load_splits, tokenize
+
+    metrics, _ = read_outputs(runs["pairs"])
+    assert (metrics["config"]["text_column"], metrics["config"]["text_pair_column"]) == ("sentence1", "sentence2")
+    splits, _ = load_splits(str(data["pairs"]))
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    rows = tokenize(splits["eval"], tokenizer, 24)
+    expected = tokenizer(splits["eval"]["text"][:], splits["eval"]["text_pair"][:], truncation=True, max_length=24)
+    assert rows["input_ids"][:] == expected["input_ids"] and rows["token_type_ids"][:] == expected["token_type_ids"]
+    first = rows["input_ids"][0]
+    assert first[0] == tokenizer.cls_token_id and first.count(tokenizer.sep_token_id) == 2  # [CLS] a [SEP] b [SEP]
+    assert max(len(ids) for ids in rows["input_ids"][:]) == 24  # longest first: both texts cut
+
+
+def test_gpt2_pairs_get_a_separator_that_pipeline_keeps(tiny_gpt2, data, tmp_path):
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "gpt2_pairs"
+    result = run_train(["--model_name_or_path", tiny_gpt2, "--dataset_name", data["pairs"], "--output_dir", out,
+                        "--train_samples", 8, "--eval_samples", 4, "--num_train_epochs", 1, "--max_length", 64])
+    assert "'<|endoftext|>' now separates them" in result.stderr
+    tokenizer = AutoTokenizer.from_pretrained(out)  # the saved template: what predict.py and pipeline() use
+    ids = tokenizer("good film", "bad film")["input_ids"]
+    assert ids == tokenizer("good film")["input_ids"] + [tokenizer.eos_token_id] + tokenizer("bad film")["input_ids"]
+    assert tokenizer("good film")["input_ids"] == tokenizer("good film", add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_predict_and_pipeline_give_the_runs_after(kind, runs, data, tmp_path):
+    metrics, _ = read_outputs(runs[kind])
+    task = task_for(PROBLEM_TYPES[kind])
+    output = tmp_path / "predictions.jsonl"
+    result = run_in_process(predict_module, [runs[kind], "--input_file", data[kind] / "validation.parquet",
+                                             "--evaluate", "--output_file", output])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == task.format_report(metrics["after"]) + "\n"
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    frame = pd.read_parquet(data[kind] / "validation.parquet")
+    classify = pipeline("text-classification", model=str(runs[kind]), top_k=None)
+    inputs = [{"text": a, "text_pair": b} for a, b in zip(frame["sentence1"], frame["sentence2"])] if kind != \
+        "multi_label" else list(frame["text"])
+    answers = classify(inputs[:3])
+    for row, answer in zip(rows, answers):
+        scores = {a["label"]: a["score"] for a in answer}
+        if kind == "regression":
+            assert scores["label"] == pytest.approx(row["score"], abs=1e-5) and "true_score" in row
+        else:
+            assert scores == pytest.approx(row["probabilities"], abs=1e-5)
+    if kind == "multi_label":  # the labels at or above the saved threshold; the cut's ids (not 0..n-1) name them
+        assert rows[0]["labels"] == [n for n, p in rows[0]["probabilities"].items() if p >= 0.5]
+        assert rows[0]["true_labels"] == [str(i) for i in frame["labels"][0]]
+
+
+def test_a_pair_model_asks_predict_for_pairs(runs):
+    result = run_in_process(predict_module, [runs["pairs"], "--text", "one text alone"])
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("was trained on sentence pairs (sentence1, sentence2): give each --text a "
+                                          "--text_pair, or an --input_file with both columns")
+    paired = run_in_process(predict_module, [runs["pairs"], "--text", "He left.", "--text_pair", "He went away."])
+    assert json.loads(paired.stdout)["label"] in ("LABEL_0", "LABEL_1")
+
+
+def comparable(folder: Path) -> tuple:
+    metrics, log = read_outputs(folder)
+    return metrics["after"], [(r["step"], r["loss"], r["learning_rate"]) for r in log]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_resuming_from_a_checkpoint_ends_as_the_uninterrupted_run(kind, runs, tiny_bert, data, tmp_path):
+    """Every step's loss, the final metrics and the weights: bit for bit (the resumed run starts at step 2 of 6)."""
+    resumed = tmp_path / "resumed"
+    run_train(args_for(kind, tiny_bert, data) + ["--output_dir", resumed, "--resume_from_checkpoint",
+                                                 runs[kind] / "checkpoints" / "step_2"])
+    after, log = comparable(resumed)
+    full_after, full_log = comparable(runs[kind])
+    assert after == full_after and log == full_log[2:]
+    weights, full = load_file(resumed / "model.safetensors"), load_file(runs[kind] / "model.safetensors")
+    assert all(torch.equal(weights[name], full[name]) for name in full)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_gradient_accumulation_and_buckets_give_the_big_batchs_steps(kind, runs, tiny_bert, data, tmp_path):
+    """4 rows x 2 accumulated, padded to multiples of 16, = 8 rows padded to the longest: the loss averages over the
+    step's rows (multi-label: over every row and label), whatever the micro-batches."""
+    run_train(args_for(kind, tiny_bert, data) + ["--output_dir", tmp_path / "ga", "--per_device_train_batch_size", 4,
+                                                 "--gradient_accumulation_steps", 2, "--pad_to_multiple_of", 16])
+    (metrics, log), (full, full_log) = read_outputs(tmp_path / "ga"), read_outputs(runs[kind])
+    assert [r["loss"] for r in log] == pytest.approx([r["loss"] for r in full_log], abs=2e-5)
+    assert metrics["after"]["loss"] == pytest.approx(full["after"]["loss"], abs=2e-5)
+
+
+@pytest.fixture(scope="module")
+def two_compiled_processes(runs, tiny_bert, data, tmp_path_factory) -> dict:
+    """Regression and multi-label, each as 2 processes x 4 rows compiled (DDP + torch.compile), launched together."""
+    out = tmp_path_factory.mktemp("two_processes")
+    launches = {kind: launch_train(args_for(kind, tiny_bert, data) + ["--output_dir", out / kind, "--torch_compile",
+                                                                      "--per_device_train_batch_size", 4], 2)
+                for kind in ("regression", "multi_label")}
+    for process in launches.values():
+        finish_launch(process, check=True)
+    return {kind: out / kind for kind in launches}
+
+
+@pytest.mark.parametrize("kind", ["regression", "multi_label"])
+def test_two_compiled_processes_take_one_processs_steps(kind, runs, two_compiled_processes):
+    """= 1 eager process x 8 rows; 15 eval rows each counted once."""
+    (two, two_log), (one, one_log) = read_outputs(two_compiled_processes[kind]), read_outputs(runs[kind])
+    assert two["config"]["num_processes"] == 2 and two["before"]["rows"] == two["after"]["rows"] == 15
+    assert [r["loss"] for r in two_log] == pytest.approx([r["loss"] for r in one_log], abs=1e-4)
+    metric = task_for(PROBLEM_TYPES[kind]).metrics[0]
+    assert two["before"][metric] == pytest.approx(one["before"][metric], abs=1e-5)
+    assert two["after"]["loss"] == pytest.approx(one["after"]["loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["regression", "multi_label"])
+def test_bf16_follows_fp32(kind, runs, tiny_bert, data, tmp_path):
+    run_train(args_for(kind, tiny_bert, data) + ["--output_dir", tmp_path / "bf16", "--mixed_precision", "bf16",
+                                                 "--num_train_epochs", 1])
+    (metrics, log), (full, full_log) = read_outputs(tmp_path / "bf16"), read_outputs(runs[kind])
+    assert metrics["config"]["mixed_precision"] == "bf16"
+    scale = 1.0 if kind == "regression" else 0.05  # squared errors of scores 0..5, or BCE near 0.69
+    assert [r["loss"] for r in log] == pytest.approx([r["loss"] for r in full_log[:3]], abs=0.2 * scale)
+
+
+def test_best_model_by_an_error_is_the_lowest(runs, tiny_bert, data, tmp_path):
+    """mse: lower is better; the final model is the best evaluation's."""
+    run_train(args_for("regression", tiny_bert, data) + ["--output_dir", tmp_path / "best", "--eval_strategy", "steps",
+                                                         "--eval_steps", 1, "--metric_for_best_model", "mse",
+                                                         "--load_best_model_at_end"])
+    metrics, _ = read_outputs(tmp_path / "best")
+    errors = [e["mse"] for e in metrics["evaluations"]]
+    assert metrics["best"]["value"] == min(errors) and metrics["after"]["mse"] == min(errors)
+
+
+def test_early_stopping_on_a_multi_label_metric(tiny_bert, data, tmp_path):
+    run_train(args_for("multi_label", tiny_bert, data) + ["--output_dir", tmp_path / "early", "--eval_strategy",
+                                                          "steps", "--eval_steps", 1, "--early_stopping_patience", 1,
+                                                          "--metric_for_best_model", "subset_accuracy",
+                                                          "--num_train_epochs", 4])
+    metrics, _ = read_outputs(tmp_path / "early")
+    values = [e["subset_accuracy"] for e in metrics["evaluations"]]
+    assert metrics["stopped_early"] and len(values) < 12 and values[-1] <= max(values[:-1])
+
+
+def test_trackers_get_each_kinds_metrics(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for kind, metric in (("regression", "pearson"), ("multi_label", "micro_f1")):
+        metrics, _ = read_outputs(runs[kind])
+        events = EventAccumulator(str(runs[kind] / "tensorboard" / "text-classification")).Reload()
+        values = [(e.step, e.value) for e in events.Scalars(f"eval/{metric}")]
+        expected = [(0, metrics["before"][metric])] + [(e["step"], e[metric]) for e in metrics["evaluations"]]
+        assert values == [(step, pytest.approx(value, rel=1e-6)) for step, value in expected]
+
+
+def test_resume_refuses_another_threshold_or_problem_type(runs, tiny_bert, data, tmp_path):
+    checkpoint = runs["multi_label"] / "checkpoints" / "step_2"
+    result = run_train(args_for("multi_label", tiny_bert, data) + ["--output_dir", tmp_path / "r", "--threshold", 0.3,
+                                                                   "--resume_from_checkpoint", checkpoint], check=False)
+    assert result.returncode == 1 and "threshold: 0.5 -> 0.3" in result.stderr.strip().splitlines()[-1]
+
+
+def test_compare_takes_regression_predictions(runs, data, tmp_path):
+    from metrics.compare import compare
+
+    output = tmp_path / "p.jsonl"
+    run_in_process(predict_module, [runs["regression"], "--input_file", data["regression"] / "validation.parquet",
+                                    "--evaluate", "--output_file", output])
+    kind, result = compare(str(output), str(output))
+    assert kind == "regression" and result["difference"] == 0 and result["p_value"] == 1.0
+
+
+# ---- Detection and bad input: one line, before anything is written ----
+
+def write(folder: Path, train: list[dict], validation: list[dict], suffix: str = ".jsonl") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in (("train", train), ("validation", validation)):
+        frame = pd.DataFrame(rows)
+        if suffix == ".jsonl":
+            frame.to_json(folder / f"train{suffix}" if split == "train" else folder / f"validation{suffix}",
+                          orient="records", lines=True)
+        else:
+            frame.to_parquet(folder / f"{split}{suffix}")
+    return folder
+
+
+def test_list_labels_and_label_columns_are_multi_hot(tmp_path):
+    from data import load_splits
+
+    listed = write(tmp_path / "listed", [{"text": "a", "labels": ["joy", "fear"]}, {"text": "b", "labels": []}],
+                   [{"text": "c", "labels": ["fear"]}], ".parquet")
+    splits, names = load_splits(str(listed))
+    assert splits.problem_type == "multi_label_classification" and names == ["fear", "joy"]
+    assert splits["train"]["label"][:] == [[1.0, 1.0], [0.0, 0.0]]  # no label set: all zeros, a valid row
+    columns = write(tmp_path / "columns", [{"text": "a", "anger": 1, "joy": 0}, {"text": "b", "anger": 0, "joy": 0}],
+                    [{"text": "c", "anger": 0, "joy": 1}])
+    splits, names = load_splits(str(columns), label_columns=("anger", "joy"))
+    assert splits.problem_type == "multi_label_classification" and names == ["anger", "joy"]
+    assert splits["eval"]["label"][:] == [[0.0, 1.0]] and splits.columns["label"] == ["anger", "joy"]
+
+
+BAD = {
+    "mixed list and single labels": (
+        lambda d: write(d, [{"text": "a", "labels": [1, 2]}, {"text": "b", "labels": 3}], [{"text": "c", "labels": [1]}]),
+        [], "{data}/train.jsonl: row 1 (0-based) has label 3 but row 0 has [1, 2]; give every row of column 'labels' a "
+            "list of labels (multi-label) or every row one label"),
+    "a listed label no train row has": (
+        lambda d: write(d, [{"text": "a", "labels": [1]}], [{"text": "c", "labels": [1, 7]}], ".parquet"),
+        [], "{data}/validation.parquet: row 0 (0-based) has label 7, which no train row has (train labels: 1); fix or "
+            "remove that row"),
+    "a score that is not a number": (
+        lambda d: write(d, [{"text": "a", "label": 1.5}, {"text": "b", "label": "high"}], [{"text": "c", "label": 2.0}]),
+        ["--problem_type", "regression"], "{data}/train.jsonl: row 1 (0-based) has label 'high', not a number; "
+                                          "--problem_type regression needs a number in every row"),
+    "a missing label column": (
+        lambda d: write(d, [{"text": "a", "anger": 1}], [{"text": "c", "anger": 0}]),
+        ["--label_column", "anger", "joy"], "{data}: no column 'joy' (--label_column); columns are ['text', 'anger']"),
+    "an empty second text": (
+        lambda d: write(d, [{"sentence1": "a", "sentence2": "b", "label": 0}, {"sentence1": "a", "sentence2": " ",
+                                                                                "label": 1}],
+                        [{"sentence1": "c", "sentence2": "d", "label": 1}]),
+        [], "{data}/train.jsonl: row 1 (0-based) has an empty text ' ' in column 'sentence2'; fill or remove that row"),
+    "a label column that is not 0/1": (
+        lambda d: write(d, [{"text": "a", "anger": 1, "joy": 2}], [{"text": "c", "anger": 0, "joy": 1}]),
+        ["--label_column", "anger", "joy"], "{data}/train.jsonl: row 0 (0-based) has 2 in label column 'joy'; each "
+                                            "label column holds 0 or 1 (multi-label, one column per label)"),
+    "tail truncation of pairs": (
+        lambda d: write(d, [{"sentence1": "a", "sentence2": "b", "label": 0}], [{"sentence1": "c", "sentence2": "d",
+                                                                                 "label": 0}]),
+        ["--truncation_keep", "tail"], "--truncation_keep tail: sentence pairs are truncated longest first, as the "
+                                       "tokenizer does it; pass --truncation_keep head (tail and head_tail apply to "
+                                       "one text)"),
+    "a threshold for single-label data": (
+        lambda d: write(d, [{"text": "a", "label": 0}, {"text": "b", "label": 1}], [{"text": "c", "label": 0}]),
+        ["--threshold", 0.3], "--threshold applies to multi-label data; this is single_label_classification"),
+    "a metric of another kind": (
+        lambda d: write(d, [{"text": "a", "label": 0.5}], [{"text": "c", "label": 2.0}]),
+        ["--problem_type", "regression", "--metric_for_best_model", "accuracy"],
+        "--metric_for_best_model accuracy: not a regression metric; choose one of pearson, spearman, mse, mae, loss"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_before_any_output(case, tiny_bert, tmp_path):
+    make, flags, message = BAD[case]
+    folder = make(tmp_path / "data")
+    result = run_train(["--model_name_or_path", tiny_bert, "--dataset_name", folder, "--output_dir", tmp_path / "out",
+                        "--ignore_mismatched_sizes", *flags], check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: " + message.format(data=folder)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_gpt2_pair_needs_room_for_the_second_text(tiny_gpt2, data, tmp_path):
+    result = run_train(["--model_name_or_path", tiny_gpt2, "--dataset_name", data["pairs"], "--output_dir",
+                        tmp_path / "out", "--max_length", 2], check=False)
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --max_length 2 leaves no room for the second text: the tokenizer's pair template takes 1 tokens; "
+        "pass --max_length 3 or more")
+    assert not (tmp_path / "out").exists()
+
+
+def test_dataset_config_name_picks_a_local_subfolder_and_unlabelled_test_splits_are_skipped(data, tmp_path):
+    """A local copy of nyu-mll/glue: one folder per configuration, each with GLUE's hidden test labels (-1)."""
+    from data import load_splits
+
+    glue = tmp_path / "glue"
+    (glue / "mrpc").mkdir(parents=True)
+    for split in ("train", "validation"):
+        (glue / "mrpc" / f"{split}-00000-of-00001.parquet").write_bytes((data["pairs"] / f"{split}.parquet").read_bytes())
+    test = pd.read_parquet(data["pairs"] / "validation.parquet").assign(label=-1)
+    test.to_parquet(glue / "mrpc" / "test-00000-of-00001.parquet")
+    splits, _ = load_splits(str(glue), config_name="mrpc")
+    assert len(splits["eval"]) == 15 and -1 not in splits["eval"]["label"][:]
+    with pytest.raises(FileNotFoundError, match=r"--dataset_config_name stsb: no folder .*glue/stsb \(folders: mrpc\)"):
+        load_splits(str(glue), config_name="stsb")
+
+
+def test_multi_label_metrics_count_rows_without_labels():
+    task = task_for("multi_label_classification", 0.5)
+    labels = np.array([[1, 0], [0, 0], [0, 1]])
+    outputs = np.array([[0.9, 0.2], [0.1, 0.3], [0.6, 0.4]])  # row 2: predicts label 0, misses label 1
+    metrics = task.evaluate(labels, outputs, ["a", "b"])
+    assert metrics["subset_accuracy"] == pytest.approx(2 / 3)  # the empty row, predicted empty, is right
+    assert metrics["micro_precision"] == 0.5 and metrics["micro_recall"] == 0.5
+    assert metrics["per_label"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
