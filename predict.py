@@ -146,16 +146,24 @@ def read_file(args, model_config) -> Inputs:
     if path.suffix not in FILE_FORMATS:
         raise ValueError(f"--input_file {path}: unsupported file type; use txt, csv, tsv, jsonl, json or parquet")
     table = read_table(FILE_FORMATS[path.suffix], [path])
-    trained = [getattr(model_config, name, None) for name in ("text_column", "text_pair_column")]
+    trained = [getattr(model_config, name, None) for name in ("text_column", "text_pair_column", "label_column")]
+    trained[2] = [trained[2]] if isinstance(trained[2], str) else trained[2]
     # The columns the model was trained on, where the file has them; a pair only for a model trained on pairs.
     text, pair = (given or (name if name in table.column_names else None)
                   for given, name in zip((args.text_column, args.text_pair_column), trained))
-    columns = find_columns(table, Columns(text, pair, args.label_column), str(path), detect_pairs=bool(trained[1]),
+    labels = args.label_column or (trained[2] if set(trained[2] or [None]) <= set(table.column_names) else None)
+    columns = find_columns(table, Columns(text, pair, labels), str(path), detect_pairs=bool(trained[1]),
                            labels=args.evaluate)
     texts = [column for column in (columns.text, columns.text_pair) if column]
     check_rows(table, texts, columns.labels, str(path))  # train.py's one line for a row without a text (or label)
     if len(columns.labels) > 1:  # one 0/1 column per label: each row's list of the labels set
-        labels = [[name for name in columns.labels if row[name]] for row in table.select_columns(list(columns.labels))]
+        labels = []
+        for index, row in enumerate(table.select_columns(list(columns.labels))):
+            bad = next((name for name, value in row.items() if value not in (0, 1)), None)
+            if bad is not None:
+                raise ValueError(f"{path}: row {index} (0-based) has {row[bad]!r} in label column {bad!r}; each label "
+                                 "column holds 0 or 1")
+            labels.append([name for name, value in row.items() if value])
     else:
         labels = list(table[columns.labels[0]][:]) if columns.labels else None
     pairs = list(table[columns.text_pair][:]) if columns.text_pair else None
@@ -179,7 +187,8 @@ def predict(model, tokenizer, texts: list[str], batch_size: int, max_length: int
     """The model's scores, one row per text (or pair) in input order: class probabilities (softmax), label
     probabilities (sigmoid) or the number, by its problem_type, as pipeline() gives them. Batches are formed in length
     order and padded as in train.py's evaluation (to their longest row, or to a bucket length)."""
-    task = task_for(getattr(model.config, "problem_type", None), getattr(model.config, "threshold", None))
+    task = task_for(getattr(model.config, "problem_type", None), getattr(model.config, "threshold", None),
+                    model.config.num_labels)
     encoded = Dataset.from_dict(encode(texts, tokenizer, max_length, keep, head_tokens, text_pairs))
     device = next(model.parameters()).device
     collator = padding_collator(tokenizer, pad_to_multiple_of, max_length)
@@ -223,9 +232,11 @@ def main(args) -> None:
         # A GPT-2 model not saved by train.py has no pad token.
         tokenizer = pad_with_eos(AutoTokenizer.from_pretrained(args.model_dir), args.model_dir)
         model = AutoModelForSequenceClassification.from_pretrained(args.model_dir).eval()
-        if args.threshold is not None:
-            model.config.threshold = args.threshold
-        task = task_for(model.config.problem_type, getattr(model.config, "threshold", None))
+        task = task_for(model.config.problem_type, args.threshold or getattr(model.config, "threshold", None),
+                        model.config.num_labels)
+        if args.threshold is not None and task.threshold is None:
+            raise ValueError(f"--threshold: {args.model_dir} is a {task.problem_type} model; --threshold applies to "
+                             "multi-label models")
         inputs = read_inputs(args, model.config)
         truth = None if inputs.labels is None else task.truth(inputs.labels, model.config.label2id, args.input_file)
         # train.py saves its --max_length as the tokenizer's model_max_length and its truncation choice in the config.

@@ -220,7 +220,7 @@ def load_data_and_model(config: Config, accelerator) -> Loaded:
     tokenizer.model_max_length = max_length
     classifier.config.update({"truncation_keep": config.truncation_keep, "head_tokens": config.head_tokens,
                               "text_column": splits.columns["text"], "text_pair_column": splits.columns["text_pair"],
-                              "threshold": getattr(task, "threshold", None)})
+                              "threshold": task.threshold, "label_column": splits.columns["label"]})
     start = time.perf_counter()
     with accelerator.main_process_first():  # the main process fills the datasets cache; the others read it
         train_tokens, eval_tokens = (tokenize(rows, tokenizer, max_length, config.truncation_keep, config.head_tokens)
@@ -234,8 +234,9 @@ def load_data_and_model(config: Config, accelerator) -> Loaded:
 def choose_task(config: Config, problem_type: str):
     """The task of the problem type the data (or --problem_type) says, checked against the flags only it takes."""
     task = task_for(problem_type, config.threshold)
-    if config.threshold is not None and problem_type != MULTI_LABEL:
-        raise ValueError(f"--threshold applies to multi-label data; this is {problem_type}")
+    if config.threshold is not None and task.threshold is None:
+        raise ValueError(f"--threshold applies to multi-label data; this is {problem_type}: drop --threshold (or pass "
+                         f"--problem_type {MULTI_LABEL} for one 0/1 column per label)")
     metric = config.metric_for_best_model
     if metric is not None and metric not in (*task.metrics, "loss"):
         raise ValueError(f"--metric_for_best_model {metric}: not a {problem_type} metric; choose one of "

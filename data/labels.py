@@ -28,6 +28,10 @@ def encode_labels(raw: DatasetDict, columns: list[str], problem_type: str | None
     """(the splits with one `label` column, the label names, the problem type: given, or detected from the data: a
     list per row or several label columns are multi-label, anything else single-label)."""
     listed = len(columns) == 1 and _is_list(raw["train"], columns[0], origins["train"])
+    if len(columns) == 1 and _is_list(raw["eval"], columns[0], origins["eval"]) != listed:
+        each = "a list of labels" if listed else "one label"
+        raise ValueError(f"{origins['eval']}: column {columns[0]!r} does not hold {each} per row as the train split "
+                         "does; give both splits the same kind of label")
     if len(columns) > 1 or (problem_type == MULTI_LABEL and not listed):
         if problem_type not in (None, MULTI_LABEL):
             raise ValueError(f"--label_column {' '.join(columns)}: one 0/1 column per label is multi-label data; "
@@ -68,7 +72,11 @@ def _label_lists(raw: DatasetDict, origins: dict, dataset_id: str) -> tuple[Data
     if isinstance(feature, ClassLabel):
         names, values = list(feature.names), list(range(len(feature.names)))
     else:
-        values = sorted({value for row in rows["train"] for value in row})
+        found = {value for row in rows["train"] for value in row}
+        if len({type(value) for value in found}) > 1 or None in found:
+            raise ValueError(f"{origins['train']}: the label lists mix {', '.join(sorted({type(v).__name__ for v in found}))}"
+                             " values; give every label as an id or every label as a name")
+        values = sorted(found)
         names = _names(values, dataset_id)
     index = {value: i for i, value in enumerate(values)}
     for split, labels in rows.items():
@@ -120,7 +128,14 @@ def _label_classes(raw: DatasetDict, origins: dict, dataset_id: str) -> tuple[Da
     if isinstance(feature, ClassLabel):
         return raw, list(feature.names)
     text_labels = feature.dtype in ("string", "large_string")
-    if not text_labels:
+    if text_labels:
+        listed = next((v for v in raw["train"].data.column("label").to_pylist() if v.startswith("[") and v.endswith("]")),
+                      None)
+        if listed is not None:
+            raise ValueError(f"{origins['train']}: label {listed!r} is a list written as text (CSV and TSV cells hold "
+                             "no lists); save the data as JSONL or parquet, or give one 0/1 column per label "
+                             "(--label_column NAME ...)")
+    else:
         raw = DatasetDict({split: _whole_numbers(rows, origins[split]) for split, rows in raw.items()})
     values = sorted(raw["train"].unique("label"))
     known = set(values)

@@ -25,7 +25,8 @@ FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".json": "j
 # How datasets reads each format: TSV is CSV split on tabs, with quotes as plain characters (as GLUE ships it).
 READERS = {"parquet": ("parquet", {}), "csv": ("csv", {}), "tsv": ("csv", {"delimiter": "\t", "quoting": 3}),
            "json": ("json", {})}
-SPLIT_FILE = re.compile(r"(?P<split>[a-z]+)(-\d+-of-\d+)?")  # train.csv, or a Hub shard train-00000-of-00002.parquet
+# train.csv, a Hub shard train-00000-of-00002.parquet, MNLI's validation_matched.parquet
+SPLIT_FILE = re.compile(r"(?P<split>[a-z]+(_[a-z]+)?)(-\d+-of-\d+)?")
 NO_ROWS = "no rows (only a header?); every split needs labelled texts"
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def load_splits(name: str, text_column: str | None = None, label_columns: tuple[
 def _hold_out(raw: DatasetDict, origins: dict, percentage: int, seed: int) -> tuple[DatasetDict, dict]:
     """An eval split of `percentage` % of the train rows, as the Hugging Face examples make one; only where the data
     has no test or validation split of its own."""
-    if any(split in raw for split in ("eval", *EVAL_SPLITS)):
+    if "eval" in raw or eval_splits(raw):
         logger.info(f"--validation_split_percentage {percentage} not used: the data has its own eval split")
         return raw, origins
     parts = raw["train"].train_test_split(test_size=percentage / 100, seed=seed)
@@ -124,7 +125,8 @@ def _load_hub(name: str, config_name: str | None) -> DatasetDict:
 
 
 def _split_of(file: Path) -> str | None:
-    """`train.parquet`, `train-00000-of-00001.parquet` -> "train"; any other name (train_small.csv) -> None."""
+    """`train.parquet`, `train-00000-of-00001.parquet` -> "train", `validation_matched.parquet` ->
+    "validation_matched"; any other name -> None."""
     match = SPLIT_FILE.fullmatch(file.name[: -len(file.suffix)].lower())
     return match["split"] if match else None
 
@@ -145,10 +147,8 @@ def _load_files(path: Path, need_eval: bool = True) -> tuple[DatasetDict, dict]:
                 f"--dataset_name {path}: no train file found; expected train.parquet, train.csv, train.tsv or "
                 "train.jsonl (or the aclImdb/ folder)"
             )
-    for split in EVAL_SPLITS:  # both, when both are there: a test split may hide its labels (GLUE's)
-        files = [p for p in candidates if _split_of(p) == split]
-        if files:
-            splits[split] = files
+    for split in eval_splits({_split_of(p) for p in candidates} - {None}):  # a test split may hide its labels (GLUE)
+        splits[split] = [p for p in candidates if _split_of(p) == split]
     if len(splits) == 1:
         if need_eval:
             raise FileNotFoundError(
@@ -314,9 +314,17 @@ def _normalize(raw: DatasetDict, source: str, origins: dict, given: Columns, pro
     return Splits(raw, {"text": columns.text, "text_pair": columns.text_pair, "label": label}, problem_type), names
 
 
+def eval_splits(names) -> list[str]:
+    """The splits that can be the eval split, in the order they are tried: test, then validation; where neither
+    exists, their variants (MNLI's test_matched, ..., validation_matched, validation_mismatched)."""
+    exact = [split for split in EVAL_SPLITS if split in names]
+    return exact or sorted((n for n in names if n.startswith(tuple(f"{s}_" for s in EVAL_SPLITS))),
+                           key=lambda n: (not n.startswith("test"), n))
+
+
 def _labelled_eval_split(raw: DatasetDict, labels: tuple[str, ...], source: str) -> str:
     """The first of test/validation whose labels are known: GLUE's test splits hide theirs (every label -1)."""
-    found = [split for split in EVAL_SPLITS if split in raw]
+    found = eval_splits(raw)
     if not found:
         raise ValueError(f"--dataset_name {source}: no test or validation split (splits: {list(raw)}); pass "
                          "--validation_split_percentage 10 to hold out 10% of the train rows")

@@ -59,7 +59,7 @@ def check_pair_room(keep: str, max_length: int, tokenizer) -> None:
     specials = tokenizer.num_special_tokens_to_add(pair=True)
     if max_length < specials + 2:
         raise ValueError(f"--max_length {max_length} leaves no room for the second text: the tokenizer's pair template "
-                         f"takes {specials} tokens; pass --max_length {specials + 2} or more")
+                         f"adds {specials} special token(s); pass --max_length {specials + 2} or more")
 
 
 def pair_separator_missing(tokenizer) -> bool:

@@ -24,10 +24,11 @@ import statistics
 
 from scipy.stats import binomtest, wilcoxon
 
-from metrics.tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL, task_for
+from metrics.tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL, TASKS, task_for
 
-TRUTH_KEYS = {SINGLE_LABEL: "true_label", MULTI_LABEL: "true_labels", REGRESSION: "true_score"}
-PREDICTION_KEYS = {SINGLE_LABEL: "label", MULTI_LABEL: "labels", REGRESSION: "score"}
+# predict.py's keys of each kind (metrics/tasks.py names them)
+TRUTH_KEYS = {task.problem_type: task.truth_key for task in TASKS}
+PREDICTION_KEYS = {task.problem_type: task.prediction_key for task in TASKS}
 
 
 def mcnemar(truth: list, predicted_a: list, predicted_b: list, is_right=operator.eq) -> dict:

@@ -15,7 +15,6 @@ import json
 import logging
 from pathlib import Path
 
-from sklearn.metrics import confusion_matrix
 
 from metrics.history import History
 from metrics.tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL, task_for
@@ -23,12 +22,6 @@ from metrics.tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL, task_for
 logger = logging.getLogger(__name__)
 
 PRECISION_NAMES = {"no": "fp32"}
-
-
-def confusion(labels, predictions, label_names: list[str]) -> dict:
-    """Rows are the true labels, columns the predicted ones, both in label-id order."""
-    matrix = confusion_matrix(labels, predictions, labels=list(range(len(label_names))))
-    return {"labels": list(label_names), "matrix": matrix.tolist()}
 
 
 def _row(cells) -> str:

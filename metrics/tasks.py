@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 SINGLE_LABEL, MULTI_LABEL, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
 PROBLEM_TYPES = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
@@ -31,6 +31,9 @@ def per_label(truth, predicted, names: list[str], **options) -> dict:
 
 class SingleLabel:
     problem_type = SINGLE_LABEL
+    threshold = None  # multi-label only
+    # predict.py's keys for the prediction and, with --evaluate, the truth (metrics.compare reads them)
+    prediction_key, truth_key = "label", "true_label"
     metrics = ("accuracy", "f1", "precision", "recall")  # the first is --metric_for_best_model's default
     plotted = metrics  # drawn on report.png's evaluation axis (0..1)
     loss_name = "cross-entropy"
@@ -88,8 +91,8 @@ class SingleLabel:
         by_value = all(name.lstrip("-").isdigit() for name in label2id)
         ids = []
         for row, label in enumerate(labels):
-            if isinstance(label, float) and label.is_integer():  # 0.0/1.0, as pandas writes a column that held a NaN
-                label = int(label)
+            if isinstance(label, bool) or (isinstance(label, float) and label.is_integer()):
+                label = int(label)  # train.py's classes of a bool column are 0/1; pandas writes 0.0/1.0 after a NaN
             if isinstance(label, int) and not isinstance(label, bool) and not by_value:
                 if not 0 <= label < len(label2id):
                     raise ValueError(f"{source}: row {row} (0-based) has label {label}, outside the model's "
@@ -108,9 +111,15 @@ class SingleLabel:
         record = {"label": names[best], "score": scores[best], "probabilities": dict(zip(names, scores))}
         return record if truth is None else record | {"true_label": names[truth]}
 
+    def confusion(self, labels: list, outputs: list, label_names: list[str]) -> dict | None:
+        """The final confusion matrix (metrics.json): rows the true classes, columns the predicted, in id order."""
+        matrix = confusion_matrix(labels, outputs, labels=list(range(len(label_names))))
+        return {"labels": list(label_names), "matrix": matrix.tolist()}
+
 
 class MultiLabel(SingleLabel):
     problem_type = MULTI_LABEL
+    prediction_key, truth_key = "labels", "true_labels"
     metrics = ("micro_f1", "macro_f1", "subset_accuracy", "micro_precision", "micro_recall", "macro_precision",
                "macro_recall")
     plotted = ("micro_f1", "macro_f1", "subset_accuracy")
@@ -171,8 +180,10 @@ class MultiLabel(SingleLabel):
                                  "multi-label model is evaluated on a list per row or one 0/1 column per label")
             hot = [0.0] * len(label2id)
             for value in values:
-                single = SingleLabel.truth(self, [value], label2id, f"{source}: row {row} (0-based)")
-                hot[single[0]] = 1.0
+                if str(value) not in label2id and not (isinstance(value, int) and 0 <= value < len(label2id)):
+                    raise ValueError(f"{source}: row {row} (0-based) has label {value!r}, not one of the model's "
+                                     f"{sorted(label2id)} (nor an id 0..{len(label2id) - 1})")
+                hot[label2id[str(value)] if str(value) in label2id else value] = 1.0
             rows.append(hot)
         return rows
 
@@ -184,9 +195,13 @@ class MultiLabel(SingleLabel):
             return record
         return record | {"true_labels": [name for name, hot in zip(names, truth) if hot]}
 
+    def confusion(self, labels: list, outputs: list, label_names: list[str]) -> None:
+        return None  # a matrix per label would be the per-label table's counts again
+
 
 class Regression(SingleLabel):
     problem_type = REGRESSION
+    prediction_key, truth_key = "score", "true_score"
     metrics = ("pearson", "spearman", "mse", "mae")
     plotted = ("pearson", "spearman")
     loss_name = "squared error"
@@ -239,9 +254,15 @@ class Regression(SingleLabel):
         """The predicted number (and the true one)."""
         return {"score": scores[0]} | ({} if truth is None else {"true_score": truth})
 
+    def confusion(self, labels: list, outputs: list, label_names: list[str]) -> None:
+        return None
 
-def task_for(problem_type: str, threshold: float | None = None):
-    """The task of a problem_type (None: single-label, as transformers assumes for num_labels > 1)."""
+
+def task_for(problem_type: str | None, threshold: float | None = None, num_labels: int = 2):
+    """The task of a problem_type. A config without one (a model not saved by train.py) is read as pipeline() reads
+    it: one output is a sigmoid (multi-label of one label), more are classes."""
+    if problem_type is None and num_labels == 1:
+        problem_type = MULTI_LABEL
     if problem_type in (None, SINGLE_LABEL):
         return SingleLabel()
     if problem_type == MULTI_LABEL:
@@ -251,4 +272,5 @@ def task_for(problem_type: str, threshold: float | None = None):
     raise ValueError(f"problem_type {problem_type!r}: not one of {', '.join(PROBLEM_TYPES)}")
 
 
+TASKS = (SingleLabel, MultiLabel, Regression)
 ALL_METRICS = tuple(dict.fromkeys((*SingleLabel.metrics, *MultiLabel.metrics, *Regression.metrics, "loss")))

@@ -7,9 +7,11 @@ import dataclasses
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -130,6 +132,23 @@ def finish_launch(process: subprocess.Popen, check: bool = False) -> subprocess.
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed ({result.returncode}):\n{stdout[-3000:]}\n{stderr[-5000:]}")
     return result
+
+
+def kill_after_checkpoint(args: list, output_dir: Path, checkpoint: str) -> list[str]:
+    """`python train.py ARGS --output_dir DIR`, SIGKILLed as soon as checkpoints/CHECKPOINT is complete (as a preempted
+    job dies); the checkpoints it left, oldest first."""
+    from training.checkpoints import list_checkpoints
+
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args), "--output_dir", str(output_dir)],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (output_dir / "checkpoints" / checkpoint).is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (output_dir / "metrics.json").exists()
+    return [path.name for path in list_checkpoints(output_dir)]
 
 
 def run_in_process(module, args: list, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -1,18 +1,13 @@
 """Checkpoints, exact resume after SIGKILL, best model, early stopping, step evaluation, output protection."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import ROOT, read_outputs, run_train
+from conftest import kill_after_checkpoint, read_outputs, run_train
 from training.checkpoints import list_checkpoints
 from training.state import BestTracker
 from test_train import TINY, evaluate_saved, without_predictions
@@ -52,17 +47,8 @@ def test_killed_run_resumed_from_latest_equals_the_uninterrupted_run(tiny_bert_d
     run_train(args + ["--output_dir", tmp_path / "a"])
 
     # Run B: SIGKILL as soon as its first checkpoint is complete, mid-epoch.
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     b = tmp_path / "b"
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args), "--output_dir", str(b)],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (b / "checkpoints" / "step_5").is_dir() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "run B finished before it could be killed"
-    assert not (b / "metrics.json").exists()
-    killed_at = [p.name for p in list_checkpoints(b)]
+    killed_at = kill_after_checkpoint(args, b, "step_5")
     assert killed_at and killed_at[-1] != "step_30"
 
     result = run_train(args + ["--output_dir", b, "--resume_from_checkpoint", "latest"])

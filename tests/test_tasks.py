@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from transformers import pipeline
 
 import predict as predict_module
-from conftest import SHARED, finish_launch, launch_train, read_outputs, require, run_in_process, run_train
+from conftest import (SHARED, finish_launch, kill_after_checkpoint, launch_train, read_outputs, require, run_in_process,
+                      run_train)
 from metrics import task_for
 
 GLUE_DIR = Path(os.environ.get("TEST_GLUE_DIR", SHARED / "data"))
@@ -169,6 +170,17 @@ def test_resuming_from_a_checkpoint_ends_as_the_uninterrupted_run(kind, runs, ti
     full_after, full_log = comparable(runs[kind])
     assert after == full_after and log == full_log[2:]
     weights, full = load_file(resumed / "model.safetensors"), load_file(runs[kind] / "model.safetensors")
+    assert all(torch.equal(weights[name], full[name]) for name in full)
+
+
+def test_a_multi_label_run_killed_and_resumed_ends_as_the_uninterrupted_run(runs, tiny_bert, data, tmp_path):
+    """SIGKILL once its step_4 checkpoint is complete (of 6 steps), then --resume_from_checkpoint latest."""
+    args = args_for("multi_label", tiny_bert, data) + ["--checkpointing_steps", 2]
+    killed_at = kill_after_checkpoint(args, tmp_path / "b", "step_4")
+    assert killed_at[-1] in ("step_4", "step_6")
+    run_train(args + ["--output_dir", tmp_path / "b", "--resume_from_checkpoint", "latest"])
+    assert comparable(tmp_path / "b") == comparable(runs["multi_label"])
+    weights, full = load_file(tmp_path / "b" / "model.safetensors"), load_file(runs["multi_label"] / "model.safetensors")
     assert all(torch.equal(weights[name], full[name]) for name in full)
 
 
@@ -326,7 +338,9 @@ BAD = {
                                        "one text)"),
     "a threshold for single-label data": (
         lambda d: write(d, [{"text": "a", "label": 0}, {"text": "b", "label": 1}], [{"text": "c", "label": 0}]),
-        ["--threshold", 0.3], "--threshold applies to multi-label data; this is single_label_classification"),
+        ["--threshold", 0.3], "--threshold applies to multi-label data; this is single_label_classification: drop "
+                              "--threshold (or pass --problem_type multi_label_classification for one 0/1 column per "
+                              "label)"),
     "a metric of another kind": (
         lambda d: write(d, [{"text": "a", "label": 0.5}], [{"text": "c", "label": 2.0}]),
         ["--problem_type", "regression", "--metric_for_best_model", "accuracy"],
@@ -349,7 +363,7 @@ def test_a_gpt2_pair_needs_room_for_the_second_text(tiny_gpt2, data, tmp_path):
     result = run_train(["--model_name_or_path", tiny_gpt2, "--dataset_name", data["pairs"], "--output_dir",
                         tmp_path / "out", "--max_length", 2], check=False)
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: --max_length 2 leaves no room for the second text: the tokenizer's pair template takes 1 tokens; "
+        "error: --max_length 2 leaves no room for the second text: the tokenizer's pair template adds 1 special token(s); "
         "pass --max_length 3 or more")
     assert not (tmp_path / "out").exists()
 
@@ -378,3 +392,30 @@ def test_multi_label_metrics_count_rows_without_labels():
     assert metrics["subset_accuracy"] == pytest.approx(2 / 3)  # the empty row, predicted empty, is right
     assert metrics["micro_precision"] == 0.5 and metrics["micro_recall"] == 0.5
     assert metrics["per_label"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+
+
+def test_hub_layouts_list_class_labels_and_a_configuration_reach_datasets(tmp_path, monkeypatch):
+    """A Hub copy of GoEmotions keeps its ClassLabel names in the parquet's metadata; a Hub name with a configuration
+    is loaded with it (load_dataset(name, config))."""
+    import datasets
+
+    import data.loading
+    from data import load_splits
+
+    feature = datasets.Features({"text": datasets.Value("string"),
+                                 "labels": datasets.List(datasets.ClassLabel(names=["anger", "joy", "fear"]))})
+    folder = tmp_path / "go_emotions"
+    for split, labels in (("train", [[0, 2], []]), ("validation", [[1]])):
+        datasets.Dataset.from_dict({"text": ["a", "b"][: len(labels)], "labels": labels}, features=feature).to_parquet(
+            folder / f"{split}.parquet")
+    splits, names = load_splits(str(folder))
+    assert names == ["anger", "joy", "fear"] and splits["eval"]["label"][:] == [[0.0, 1.0, 0.0]]
+
+    calls = []
+    hub_copy = datasets.DatasetDict({split: datasets.load_dataset("parquet", data_files=str(folder / f"{split}.parquet"),
+                                                                  split="train") for split in ("train", "validation")})
+    monkeypatch.setattr(data.loading.datasets, "load_dataset", lambda *args: calls.append(args) or hub_copy)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    splits, _ = load_splits("google-research-datasets/go_emotions", config_name="simplified")
+    assert calls == [("google-research-datasets/go_emotions", "simplified")] and len(splits["train"]) == 2

@@ -190,7 +190,7 @@ def make_plan(config, data, accelerator) -> Plan:
     return Plan(text_column=data.columns["text"], text_pair_column=data.columns["text_pair"],
                 label_column=data.columns["label"], label_names=list(data.label_names),
                 problem_type=task.problem_type, metric_for_best_model=config.metric_for_best_model or task.metrics[0],
-                threshold=getattr(task, "threshold", None), max_length=max_length, mixed_precision=accelerator.mixed_precision,
+                threshold=task.threshold, max_length=max_length, mixed_precision=accelerator.mixed_precision,
                 num_processes=accelerator.num_processes, torch_compile=torch_compile,
                 pad_to_multiple_of=pad_to_multiple_of, eval_batch_size=eval_batch_size,
                 global_batch_size=global_batch_size, total_train_batch_size=global_batch_size * accumulation,

@@ -8,8 +8,7 @@ import shutil
 from pathlib import Path
 
 from metrics.history import History
-from metrics.report import confusion, write_markdown, write_picture
-from metrics.tasks import SINGLE_LABEL
+from metrics.report import write_markdown, write_picture
 from training.checkpoints import find_checkpoint, list_checkpoints
 
 logger = logging.getLogger("train")
@@ -71,8 +70,7 @@ def write_results(output_dir: Path, history: History, task, eval_labels: list, o
         records = [{"row": i, **task.prediction_record(label, output, label_names)}
                    for i, (label, output) in enumerate(zip(eval_labels, outputs, strict=True))]
         (output_dir / "eval_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        if task.problem_type == SINGLE_LABEL:
-            history.confusion_matrix = confusion(eval_labels, outputs, label_names)
+        history.confusion_matrix = task.confusion(eval_labels, outputs, label_names)  # single-label only
     history.write(output_dir / "metrics.json")
     write_markdown(output_dir / "report.md", history)
     write_picture(output_dir / "report.png", history,
