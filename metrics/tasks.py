@@ -1,13 +1,15 @@
 """The three kinds of job, by the name transformers gives them in a model config's `problem_type`, and everything that
 differs between them, in one place: the head's size, the loss of each row, what an evaluation keeps of the logits,
-the scores predict.py and `pipeline` show, the metrics and their printout, and a row of eval_predictions.jsonl.
+the scores predict.py and `pipeline` show, the metrics and their printout, the confusion matrix, a row of
+eval_predictions.jsonl, and what predict.py reads and writes (metrics.compare reads its keys).
 
 - single_label_classification: one class per row; softmax, cross-entropy; accuracy, F1, precision, recall.
 - multi_label_classification: any set of labels per row (a multi-hot row; none set is a valid row); a sigmoid per
   label, binary cross-entropy averaged over the labels; a label is predicted when its probability is >= the threshold.
 - regression: one number per row; the raw output, squared error; Pearson, Spearman, MSE, MAE.
 
-train.py, predict.py, the report and metrics.compare each call `task_for(problem_type)` once and use what it returns.
+train.py, predict.py, the report and metrics.compare each call `task_for(problem_type)` once and use what it returns
+(the report draws its last panel, and compare picks McNemar or Wilcoxon, by the problem type).
 """
 
 import numpy as np

@@ -195,29 +195,6 @@ def test_gradient_accumulation_and_buckets_give_the_big_batchs_steps(kind, runs,
     assert metrics["after"]["loss"] == pytest.approx(full["after"]["loss"], abs=2e-5)
 
 
-@pytest.fixture(scope="module")
-def two_compiled_processes(runs, tiny_bert, data, tmp_path_factory) -> dict:
-    """Regression and multi-label, each as 2 processes x 4 rows compiled (DDP + torch.compile), launched together."""
-    out = tmp_path_factory.mktemp("two_processes")
-    launches = {kind: launch_train(args_for(kind, tiny_bert, data) + ["--output_dir", out / kind, "--torch_compile",
-                                                                      "--per_device_train_batch_size", 4], 2)
-                for kind in ("regression", "multi_label")}
-    for process in launches.values():
-        finish_launch(process, check=True)
-    return {kind: out / kind for kind in launches}
-
-
-@pytest.mark.parametrize("kind", ["regression", "multi_label"])
-def test_two_compiled_processes_take_one_processs_steps(kind, runs, two_compiled_processes):
-    """= 1 eager process x 8 rows; 15 eval rows each counted once."""
-    (two, two_log), (one, one_log) = read_outputs(two_compiled_processes[kind]), read_outputs(runs[kind])
-    assert two["config"]["num_processes"] == 2 and two["before"]["rows"] == two["after"]["rows"] == 15
-    assert [r["loss"] for r in two_log] == pytest.approx([r["loss"] for r in one_log], abs=1e-4)
-    metric = task_for(PROBLEM_TYPES[kind]).metrics[0]
-    assert two["before"][metric] == pytest.approx(one["before"][metric], abs=1e-5)
-    assert two["after"]["loss"] == pytest.approx(one["after"]["loss"], abs=1e-4)
-
-
 @pytest.mark.parametrize("kind", ["regression", "multi_label"])
 def test_bf16_follows_fp32(kind, runs, tiny_bert, data, tmp_path):
     run_train(args_for(kind, tiny_bert, data) + ["--output_dir", tmp_path / "bf16", "--mixed_precision", "bf16",
@@ -305,6 +282,13 @@ def test_list_labels_and_label_columns_are_multi_hot(tmp_path):
     assert splits["eval"]["label"][:] == [[0.0, 1.0]] and splits.columns["label"] == ["anger", "joy"]
 
 
+def write_csv(folder: Path, train: list[tuple], validation: list[tuple]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in (("train", train), ("validation", validation)):
+        pd.DataFrame(rows, columns=["text", "labels"]).to_csv(folder / f"{split}.csv", index=False)
+    return folder
+
+
 BAD = {
     "mixed list and single labels": (
         lambda d: write(d, [{"text": "a", "labels": [1, 2]}, {"text": "b", "labels": 3}], [{"text": "c", "labels": [1]}]),
@@ -341,6 +325,14 @@ BAD = {
         ["--threshold", 0.3], "--threshold applies to multi-label data; this is single_label_classification: drop "
                               "--threshold (or pass --problem_type multi_label_classification for one 0/1 column per "
                               "label)"),
+    "a list written as text in a CSV": (
+        lambda d: write_csv(d, [("a", "[1, 2]"), ("b", "[3]")], [("c", "[1]")]),
+        [], "{data}/train.csv: label '[1, 2]' is a list written as text (CSV and TSV cells hold no lists); save the data "
+            "as JSONL or parquet, or give one 0/1 column per label (--label_column NAME ...)"),
+    "list labels in train, one label in eval": (
+        lambda d: write(d, [{"text": "a", "labels": [1, 2]}], [{"text": "c", "labels": 1}], ".parquet"),
+        [], "{data}/validation.parquet: column 'labels' does not hold a list of labels per row as the train split "
+            "does; give both splits the same kind of label"),
     "a metric of another kind": (
         lambda d: write(d, [{"text": "a", "label": 0.5}], [{"text": "c", "label": 2.0}]),
         ["--problem_type", "regression", "--metric_for_best_model", "accuracy"],
@@ -419,3 +411,117 @@ def test_hub_layouts_list_class_labels_and_a_configuration_reach_datasets(tmp_pa
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     splits, _ = load_splits("google-research-datasets/go_emotions", config_name="simplified")
     assert calls == [("google-research-datasets/go_emotions", "simplified")] and len(splits["train"]) == 2
+
+
+@pytest.fixture(scope="module")
+def label_columns_run(tiny_bert, data, tmp_path_factory) -> tuple[Path, Path]:
+    """GoEmotions' first three labels of the cut as one 0/1 column each (Jigsaw/SemEval style), trained 1 epoch."""
+    folder = tmp_path_factory.mktemp("columns") / "emotions"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        frame = pd.read_parquet(data["multi_label"] / f"{split}.parquet")
+        for name, label in (("admiration", 0), ("joy", 17), ("neutral", 27)):
+            frame[name] = [int(label in labels) for labels in frame["labels"]]
+        frame.drop(columns=["labels"]).to_parquet(folder / f"{split}.parquet")
+    out = tmp_path_factory.mktemp("columns_run")
+    run_train(["--model_name_or_path", tiny_bert, "--dataset_name", folder, "--output_dir", out, "--label_column",
+               "admiration", "joy", "neutral", "--ignore_mismatched_sizes", *COMMON, "--num_train_epochs", 1])
+    return folder, out
+
+
+def test_one_column_per_label_trains_predicts_and_loads_in_pipeline(label_columns_run):
+    folder, out = label_columns_run
+    metrics, _ = read_outputs(out)
+    assert metrics["config"]["problem_type"] == "multi_label_classification"
+    assert metrics["config"]["label_names"] == ["admiration", "joy", "neutral"]
+    assert set(metrics["after"]["per_label"]) == {"admiration", "joy", "neutral"}
+    # predict.py finds the three label columns the model was trained on, and prints the run's after
+    result = run_in_process(predict_module, [out, "--input_file", folder / "validation.parquet", "--evaluate"])
+    assert result.stdout == task_for("multi_label_classification").format_report(metrics["after"]) + "\n"
+    text = pd.read_parquet(folder / "validation.parquet")["text"][0]
+    answer = pipeline("text-classification", model=str(out), top_k=None)([text])[0]
+    probabilities = json.loads(run_in_process(predict_module, [out, "--text", text]).stdout)["probabilities"]
+    assert {a["label"]: a["score"] for a in answer} == pytest.approx(probabilities, abs=1e-5)  # sigmoid, not softmax
+
+
+def test_threshold_is_saved_and_predict_may_move_it(runs):
+    text = "I am so happy and grateful"
+    at_saved = json.loads(run_in_process(predict_module, [runs["multi_label"], "--text", text]).stdout)
+    at_low = json.loads(run_in_process(predict_module, [runs["multi_label"], "--text", text, "--threshold",
+                                                        0.01]).stdout)
+    assert at_saved["labels"] == [n for n, p in at_saved["probabilities"].items() if p >= 0.5]
+    assert at_low["labels"] == list(at_low["probabilities"]) and at_low["probabilities"] == at_saved["probabilities"]
+    refused = run_in_process(predict_module, [runs["regression"], "--text", "a", "--text_pair", "b", "--threshold", 0.3])
+    assert refused.returncode == 1 and refused.stderr.strip().endswith("is a regression model; --threshold applies "
+                                                                       "to multi-label models")
+
+
+def test_named_pair_columns_and_one_text_alone(tmp_path):
+    from data import load_splits
+
+    folder = write(tmp_path / "pairs", [{"a": "x", "b": "y", "label": 0}, {"a": "z", "b": "w", "label": 1}],
+                   [{"a": "u", "b": "v", "label": 1}])
+    splits, _ = load_splits(str(folder), text_column="a", text_pair_column="b")
+    assert splits.columns["text_pair"] == "b" and splits["eval"]["text_pair"][:] == ["v"]
+    single, _ = load_splits(str(folder), text_column="a")
+    assert single.columns["text_pair"] is None and single["eval"].column_names == ["text", "label"]
+
+
+def test_bool_labels_train_and_evaluate(tiny_bert, tmp_path):
+    folder = write(tmp_path / "flags", [{"text": f"row {i}", "label": i % 2 == 0} for i in range(8)],
+                   [{"text": f"eval {i}", "label": i % 2 == 1} for i in range(4)], ".parquet")
+    run_train(["--model_name_or_path", tiny_bert, "--dataset_name", folder, "--output_dir", tmp_path / "out",
+               "--num_train_epochs", 1, "--max_length", 16])
+    metrics, _ = read_outputs(tmp_path / "out")
+    result = run_in_process(predict_module, [tmp_path / "out", "--input_file", folder / "validation.parquet",
+                                             "--evaluate"])
+    assert metrics["config"]["label_names"] == ["LABEL_0", "LABEL_1"]
+    assert result.returncode == 0 and result.stdout.startswith(f"Accuracy: {metrics['after']['accuracy']:.4f}")
+
+
+def test_mnli_style_eval_splits_are_found(data, tmp_path):
+    """MNLI's splits: validation_matched / validation_mismatched / test_matched (labels hidden: -1)."""
+    from data import load_splits
+
+    mnli = tmp_path / "mnli"
+    mnli.mkdir()
+    frame = pd.read_parquet(data["pairs"] / "validation.parquet")
+    pd.read_parquet(data["pairs"] / "train.parquet").to_parquet(mnli / "train-00000-of-00001.parquet")
+    frame.to_parquet(mnli / "validation_matched-00000-of-00001.parquet")
+    frame.iloc[:3].to_parquet(mnli / "validation_mismatched-00000-of-00001.parquet")
+    frame.assign(label=-1).to_parquet(mnli / "test_matched-00000-of-00001.parquet")
+    splits, _ = load_splits(str(mnli))
+    assert len(splits["eval"]) == 15  # validation_matched: test_matched has no labels, mismatched comes after
+
+
+def test_a_config_file_gives_several_label_columns_and_a_threshold(tmp_path):
+    import train
+
+    config = tmp_path / "emotions.yaml"
+    config.write_text("label_column: [anger, joy]\nproblem_type: multi_label_classification\nthreshold: 0.4\n")
+    args = train.parse_args(["--config", config])
+    assert (args.label_column, args.problem_type, args.threshold) == (("anger", "joy"), "multi_label_classification",
+                                                                      0.4)
+
+
+@pytest.fixture(scope="module")
+def two_compiled_processes(tiny_bert, data, tmp_path_factory) -> dict:
+    """Regression and multi-label, each as 2 processes x 4 rows compiled (DDP + torch.compile), launched together."""
+    out = tmp_path_factory.mktemp("two_processes")
+    launches = [launch_train(args_for(kind, tiny_bert, data) + ["--output_dir", out / kind, "--torch_compile",
+                                                                "--per_device_train_batch_size", 4], 2)
+                for kind in ("regression", "multi_label")]
+    for process in launches:
+        finish_launch(process, check=True)
+    return {kind: out / kind for kind in ("regression", "multi_label")}
+
+
+@pytest.mark.parametrize("kind", ["regression", "multi_label"])
+def test_two_compiled_processes_take_one_processs_steps(kind, runs, two_compiled_processes):
+    """= 1 eager process x 8 rows; 15 eval rows each counted once."""
+    (two, two_log), (one, one_log) = read_outputs(two_compiled_processes[kind]), read_outputs(runs[kind])
+    assert two["config"]["num_processes"] == 2 and two["before"]["rows"] == two["after"]["rows"] == 15
+    assert [r["loss"] for r in two_log] == pytest.approx([r["loss"] for r in one_log], abs=1e-4)
+    metric = task_for(PROBLEM_TYPES[kind]).metrics[0]
+    assert two["before"][metric] == pytest.approx(one["before"][metric], abs=1e-5)
+    assert two["after"]["loss"] == pytest.approx(one["after"]["loss"], abs=1e-4)
