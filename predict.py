@@ -48,7 +48,8 @@ from data import (
 )
 from metrics import task_for
 from model import (AUTOCAST_DTYPES, BUCKET_MULTIPLE, COMPILE_MODES, compile_classifier, pad_with_eos,
-                   prefer_fast_attention, prepare_attention_masks, resolve_speed)
+                   clamped_max_length, position_limit, prefer_fast_attention, prepare_attention_masks,
+                   resolve_speed)
 from training.cli import AT_LEAST_ONE, NON_NEGATIVE, Parser, Range, one_line_errors
 
 
@@ -124,6 +125,11 @@ def read_inputs(args, model_config) -> Inputs:
     (train.py saves its text_pair_column) needs pairs."""
     trained_pair = getattr(model_config, "text_pair_column", None)
     if args.text:
+        for flag, texts in (("--text", args.text), ("--text_pair", args.text_pair or [])):
+            empty = next((i for i, text in enumerate(texts) if not text.strip()), None)
+            if empty is not None:
+                raise ValueError(f"{flag} number {empty} (0-based) is empty; give it a text (train.py refuses empty "
+                                 "texts too)")
         inputs = Inputs(args.text, args.text_pair, None, list(range(len(args.text))))
     elif args.input_file is None:
         inputs = non_blank_lines(sys.stdin.read(), "stdin")
@@ -171,8 +177,13 @@ def read_file(args, model_config) -> Inputs:
 
 
 def non_blank_lines(content: str, source: str) -> Inputs:
-    lines = content.splitlines()
+    """Lines split on \n and \r\n only (str.splitlines also splits on form feeds, U+2028, \x85...: line numbers
+    would drift); blank ones skipped with a notice; none left is one line."""
+    lines = [line.removesuffix("\r") for line in content.removesuffix("\n").split("\n")] if content else []
     kept = [number for number, line in enumerate(lines) if line.strip()]
+    if not kept:
+        raise ValueError(f"{source}: no text to classify (empty input); give one text per line, --text or "
+                         "--input_file")
     if len(kept) < len(lines):
         blank = [number for number, line in enumerate(lines) if not line.strip()]
         print(f"{source}: skipped {len(blank)} blank line(s) (0-based: {', '.join(map(str, blank[:10]))}"
@@ -240,7 +251,9 @@ def main(args) -> None:
         inputs = read_inputs(args, model.config)
         truth = None if inputs.labels is None else task.truth(inputs.labels, model.config.label2id, args.input_file)
         # train.py saves its --max_length as the tokenizer's model_max_length and its truncation choice in the config.
-        max_length = args.max_length or tokenizer.model_max_length
+        # above the model's position limit: clamped with a warning, as train.py does
+        max_length = (clamped_max_length(args.max_length, position_limit(model.config)) if args.max_length else
+                      tokenizer.model_max_length)
         keep = args.truncation_keep or getattr(model.config, "truncation_keep", "head")
         head_tokens = args.head_tokens if args.head_tokens is not None else getattr(model.config, "head_tokens", 128)
         if inputs.text_pairs is None:

@@ -33,8 +33,8 @@ from metrics.tasks import DEFAULT_THRESHOLD, task_for
 from model import (AUTOCAST_DTYPES, BUCKET_MULTIPLE, COMPILE_MODES, compile_classifier, compile_seconds, load_classifier,
                    load_tokenizer, parameter_groups, prefer_fast_attention, prepare_attention_masks,
                    resolve_max_length)
-from training.checkpoints import (config_differences, list_checkpoints, load_training_state, prune_checkpoints,
-                                  save_checkpoint)
+from training.checkpoints import (checkpoints_dir, config_differences, damaged_file, intact_checkpoint_advice,
+                                  list_checkpoints, load_training_state, prune_checkpoints, save_checkpoint)
 from training.cli import (AT_LEAST_ONE, MAY_CHANGE, NON_NEGATIVE, POSITIVE, REPEAT, SEED, Range, RunError, flag,
                           one_line_errors)
 from training.config import (DEBUG_EVAL_ROWS, DEBUG_EVAL_STEPS, DEBUG_MAX_LENGTH, DEBUG_TRAIN_ROWS, Plan, data_flag,
@@ -44,6 +44,7 @@ from training.environment import check_process_group, configure_logging, log_dis
 from training.nonfinite import NonFiniteGuard
 from training.outputs import check_output_dir, open_output_dir, output_dir_problem, save_model, write_results
 from training.state import BestTracker, TrainState
+from training.stopping import StopSignals, exit_code, signal_name
 from training.telemetry import Telemetry, missing_trackers, trackers_for
 
 logger = logging.getLogger("train")
@@ -264,24 +265,51 @@ class Run:
     record: dict  # the run as resolved (run_record): metrics.json's config, what a resume compares, trackers' config
     output_dir: Path
     predictions: dict  # main process: eval predictions in input order, of the last and of the best evaluation
+    stop: StopSignals  # SIGTERM/SIGINT/SIGUSR1 received: checked after each step
+    evaluated_at: int | None = None  # the step this process last evaluated at (not a resumed run's evaluations)
 
 
 def main(config: Config) -> None:
     start_time = time.perf_counter()
     run = set_up(config)
     state, history = run.state, run.state.history
-    if history.before is None:
-        history.before = timed_evaluation(run)[0]
-        run.telemetry.evaluated(history.before, step=0)
-        run.accelerator.print(f"Before training:\n{run.data.task.format_report(history.before)}")
-    run.model.train()
-    for epoch in range(state.epoch, run.plan.num_train_epochs):
-        if not run_is_over(run):
-            train_epoch(run, epoch)  # a resumed epoch starts after the micro-batches its checkpoint had trained
-        elif state.batches_done == 0:
-            break  # the run ended at the previous epoch's end (or the checkpoint resumed from was taken there)
-        end_of_epoch(run, epoch)  # (a run that ended mid-epoch, or was resumed there, still closes that epoch)
-    finish(run, start_time)
+    run.stop.install()  # SIGTERM, SIGINT, SIGUSR1 from here on: a checkpoint at the step in progress, then exit
+    try:
+        if history.before is None:
+            history.before = timed_evaluation(run)[0]
+            run.telemetry.evaluated(history.before, step=0)
+            run.accelerator.print(f"Before training:\n{run.data.task.format_report(history.before)}")
+        run.model.train()
+        for epoch in range(state.epoch, run.plan.num_train_epochs):
+            if not run_is_over(run):
+                train_epoch(run, epoch)  # a resumed epoch starts after the micro-batches its checkpoint had trained
+            elif state.batches_done == 0:
+                break  # the run ended at the previous epoch's end (or the checkpoint resumed from was taken there)
+            end_of_epoch(run, epoch)  # (a run that ended mid-epoch, or was resumed there, still closes that epoch)
+        finish(run, start_time)
+    except torch.OutOfMemoryError:
+        run.telemetry.progress.close()
+        if config.debug:
+            raise
+        raise RunError(out_of_memory(run)) from None
+    except OSError as error:  # a checkpoint or the model could not be written (disk full, permissions)
+        run.telemetry.progress.close()
+        if config.debug:
+            raise
+        raise RunError(str(error)) from None
+    finally:
+        run.stop.restore()
+
+
+def out_of_memory(run: Run) -> str:
+    """One line: where, the batch, what to try, and what is saved."""
+    checkpoints = list_checkpoints(run.output_dir)
+    shape = getattr(run.telemetry, "batch_shape", None)
+    return (f"out of memory at step {run.state.completed_steps + 1} (epoch {run.state.epoch + 1}"
+            f"{f', a batch of {shape[0]} rows x {shape[1]} tokens' if shape else ''}); try a smaller "
+            "--per_device_train_batch_size (with --gradient_accumulation_steps to keep the step's rows), a smaller "
+            f"--max_length or --per_device_eval_batch_size; "
+            f"{f'the last checkpoint is {checkpoints[-1]}' if checkpoints else 'no checkpoint was saved'}")
 
 
 def run_is_over(run: Run) -> bool:
@@ -331,7 +359,8 @@ def set_up(config: Config) -> Run:
                           tracker_config if trackers else None, state.completed_steps)
     # Skips a NaN/inf update on the device (fused AdamW's found_inf): the loop checks the flag only where it syncs.
     return Run(config, plan, accelerator, data, model, optimizer, lr_scheduler, NonFiniteGuard(optimizer, accelerator),
-               eval_batches, collator, state, telemetry, record, output_dir, predictions={"last": None, "best": None})
+               eval_batches, collator, state, telemetry, record, output_dir, predictions={"last": None, "best": None},
+               stop=StopSignals(accelerator))
 
 
 def prepare_training(config: Config, plan: Plan, classifier, accelerator) -> tuple:
@@ -456,15 +485,30 @@ def after_step(run: Run, epoch_position: float, step_rows: int, learning_rate: f
     log_now = step % config.logging_steps == 0 or step == run.plan.max_train_steps
     evaluate_now = config.eval_strategy == "steps" and step % config.eval_steps == 0
     checkpoint_now = isinstance(config.checkpointing_steps, int) and step % config.checkpointing_steps == 0
-    if log_now or evaluate_now or checkpoint_now:
+    stop_signal = run.stop.requested(sync_point=log_now or evaluate_now or checkpoint_now)  # 0: go on
+    if log_now or evaluate_now or checkpoint_now or stop_signal:
         stop_if_not_finite(run)  # nothing after a bad step is logged, evaluated or saved
     run.telemetry.step_done(state, step_rows, epoch_position, learning_rate, log_now)
     if evaluate_now:
         evaluate_and_track(run, state.epoch + 1)
-    if checkpoint_now:
+    if checkpoint_now or stop_signal:
         save_and_prune(run, f"step_{step}")
+    if stop_signal:
+        stop_for_signal(run, stop_signal)
     run.telemetry.restart()  # an evaluation or a checkpoint is not training time
     return run_is_over(run)
+
+
+def stop_for_signal(run: Run, number: int) -> None:
+    """After the checkpoint of the step in progress: one line, and the exit code of a process the signal stopped."""
+    run.telemetry.progress.close()
+    run.accelerator.end_training()
+    step = run.state.completed_steps
+    if run.accelerator.is_main_process:
+        print(f"stopped by {signal_name(number)} at step {step} (epoch {run.state.epoch + 1}); saved "
+              f"{checkpoints_dir(run.output_dir) / f'step_{step}'}; continue with --resume_from_checkpoint latest",
+              file=sys.stderr)
+    raise SystemExit(exit_code(number))
 
 
 def end_of_epoch(run: Run, epoch: int) -> None:
@@ -530,6 +574,7 @@ def evaluate_and_track(run: Run, epoch: int) -> dict:
     """Evaluate; keep the best model in output_dir/best; count evaluations without improvement."""
     state = run.state
     timed, run.predictions["last"] = timed_evaluation(run)
+    run.evaluated_at = state.completed_steps  # on every process (the predictions are only on the main one)
     metrics = metrics_of(timed)
     state.history.evaluations.append({"epoch": epoch, "step": state.completed_steps} | timed)
     run.telemetry.evaluated(metrics, state.completed_steps)
@@ -558,6 +603,10 @@ def resume_settings(config_class, record: dict) -> dict:
 
 
 def resume(state: TrainState, checkpoint: Path, config: Config, record: dict, accelerator) -> None:
+    damaged = damaged_file(checkpoint, accelerator.num_processes)
+    if damaged:  # latest does not pass over a damaged checkpoint silently: the user picks the one to resume
+        raise RunError(f"{checkpoint}: {damaged} cannot be read; "
+                       f"{intact_checkpoint_advice(checkpoint.parent.parent, checkpoint, accelerator.num_processes)}")
     saved = load_training_state(checkpoint)
     # Checkpoints before this version saved the flags as given (None: decided by the run): either form matches.
     differences = config_differences(saved["settings"], resume_settings(Config, record), given=asdict(config))
@@ -579,6 +628,22 @@ def save_and_prune(run: Run, name: str) -> None:
         prune_checkpoints(run.output_dir, run.config.save_total_limit, best and best["step"])
 
 
+def best_model_saved(run: Run) -> bool:
+    """--load_best_model_at_end: whether the best evaluation's model is in output_dir/best; if not, the warning why
+    (the run then ends with the last step's model instead of losing it)."""
+    best = run.state.tracker.best
+    if best is None:
+        logger.warning("--load_best_model_at_end: no evaluation ran during training (a run shorter than --eval_steps?); "
+                       "the final model is the last step's")
+        return False
+    if not (run.output_dir / "best").is_dir():
+        logger.warning(f"--load_best_model_at_end: the best evaluation (step {best['step']}) is not in "
+                       f"{run.output_dir / 'best'} (resumed into another --output_dir?); the final model is the last "
+                       "step's")
+        return False
+    return True
+
+
 def finish(run: Run, start_time: float) -> None:
     """The final model ("after": the last step's, or the best evaluation's) and every output file."""
     config, accelerator, state, history = run.config, run.accelerator, run.state, run.state.history
@@ -589,27 +654,29 @@ def finish(run: Run, start_time: float) -> None:
             run.plan.pad_to_multiple_of, run.plan.max_length),
         "compile_seconds": compile_seconds()}
     last = history.evaluations[-1] if history.evaluations else None
-    if config.load_best_model_at_end:
+    load_best = config.load_best_model_at_end and best_model_saved(run)
+    if load_best:
         # The best evaluation's model, already saved: copy it rather than keep the last step's weights.
         best = next(e for e in history.evaluations if e["step"] == state.tracker.best["step"])
         history.after = metrics_of(best)
         if accelerator.is_main_process:
             shutil.copytree(run.output_dir / "best", run.output_dir, dirs_exist_ok=True)
     else:
-        if last is not None and last["step"] == state.completed_steps:
+        if last is not None and last["step"] == state.completed_steps and run.evaluated_at == state.completed_steps:
             history.after = metrics_of(last)  # the model has not changed since that evaluation
+        # (else evaluate; also a run resumed after its last evaluation, so eval_predictions.jsonl is written)
         else:
             history.after, run.predictions["last"] = evaluate(run.model, run.eval_batches, accelerator, run.data.task,
                                                               run.data.label_names)
         save_model(run.model, run.data.tokenizer, accelerator, run.output_dir)
-    best_is_final = config.load_best_model_at_end or (state.tracker.best or {}).get("step") == state.completed_steps
+    best_is_final = load_best or (state.tracker.best or {}).get("step") == state.completed_steps
     if accelerator.is_main_process and best_is_final and (run.output_dir / "best").is_dir():
         shutil.rmtree(run.output_dir / "best")  # the same weights as the final model: no second copy
         logger.info(f"The best evaluation's model is the final model in {run.output_dir}: no separate best/")
     if accelerator.is_main_process:
         history.config, history.speed = run.record, speed
         history.runtime_seconds = round(time.perf_counter() - start_time, 2)
-        final = run.predictions["best" if config.load_best_model_at_end else "last"]
+        final = run.predictions["best" if load_best else "last"]
         write_results(run.output_dir, history, run.data.task, list(run.data.eval_tokens["labels"]), final,
                       run.data.label_names)
         accelerator.print(f"After training:\n{run.data.task.format_report(history.after)}")

@@ -26,10 +26,15 @@ def special_token_counts(tokenizer) -> tuple[int, int]:
 
 
 def check_head_tokens(keep: str, head_tokens: int, max_length: int, tokenizer) -> None:
-    """head_tail needs room for a tail: --head_tokens below the text tokens that fit in --max_length."""
+    """Room for at least one text token; head_tail needs room for a tail: --head_tokens below the text tokens that
+    fit in --max_length."""
     if head_tokens < 0:
         raise ValueError(f"--head_tokens must be >= 0, got {head_tokens}")
-    budget = max_length - sum(special_token_counts(tokenizer))
+    specials = sum(special_token_counts(tokenizer))
+    budget = max_length - specials
+    if budget < 1:  # BERT cannot cut below [CLS] [SEP]: it would return whole texts, or train on no text at all
+        raise ValueError(f"--max_length {max_length} leaves no room for text: the tokenizer adds {specials} special "
+                         f"token(s); pass --max_length {specials + 1} or more")
     if keep == "head_tail" and head_tokens >= budget:
         raise ValueError(f"--head_tokens {head_tokens} leaves no room for the tail: --max_length {max_length} holds "
                          f"{budget} text tokens; pass a smaller --head_tokens")

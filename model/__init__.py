@@ -110,14 +110,23 @@ def _full_attention_mask(mask_function, model, args, kwargs):
 
 def resolve_max_length(requested: int | None, tokenizer, config) -> int:
     """--max_length, or the model's own limit capped at 512; a request above the model's limit is clamped."""
-    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    positions = position_limit(config)
     limit = min(tokenizer.model_max_length, positions or tokenizer.model_max_length)
     if requested is None:
         return min(limit, DEFAULT_MAX_LENGTH)
-    if requested > limit:
+    return clamped_max_length(requested, limit)
+
+
+def clamped_max_length(requested: int, limit: int | None) -> int:
+    if limit is not None and requested > limit:
         logger.warning(f"--max_length {requested} is above the model's limit of {limit} tokens: using {limit}")
         return limit
     return requested
+
+
+def position_limit(config) -> int | None:
+    """The most tokens the model's position embeddings take (None: no such limit)."""
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 def no_decay_parameter_names(model: nn.Module) -> set[str]:

@@ -6,9 +6,12 @@ RNG states) plus `training_state.json` (where the loop stands and what it has me
 
 import json
 import logging
+import math
 import re
 import shutil
 from pathlib import Path
+
+from safetensors import safe_open
 
 logger = logging.getLogger(__name__)
 
@@ -26,20 +29,30 @@ def save_checkpoint(accelerator, output_dir, name: str, state: dict) -> Path:
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)  # left by a crash during an earlier save
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))  # every process writes its part (its RNG state)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (partial / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
-        logger.info(f"Saved checkpoint {final}")
+    try:
+        accelerator.save_state(str(partial))  # every process writes its part (its RNG state)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (partial / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            partial.rename(final)
+            logger.info(f"Saved checkpoint {final}")
+    except OSError as error:  # a full disk, no permission: the earlier checkpoints stay as they were
+        shutil.rmtree(partial, ignore_errors=True)
+        kept = list_checkpoints(output_dir)
+        raise OSError(f"cannot write checkpoint {final} ({error.strerror or error}); "
+                      f"{f'the last good checkpoint is {kept[-1]}' if kept else 'no checkpoint was saved'}; free "
+                      "space (or pass another --output_dir) and resume with --resume_from_checkpoint") from error
     accelerator.wait_for_everyone()
     return final
 
 
-def _step_of(checkpoint: Path) -> int:
-    return json.loads((checkpoint / STATE_FILE).read_text())["completed_steps"]
+def _step_of(checkpoint: Path) -> float:
+    try:
+        return json.loads((checkpoint / STATE_FILE).read_text())["completed_steps"]
+    except (OSError, ValueError, KeyError):
+        return math.inf  # unreadable: sorted last, so that `latest` names it rather than passing over it
 
 
 def list_checkpoints(output_dir) -> list[Path]:
@@ -65,6 +78,37 @@ def find_checkpoint(spec: str, output_dir) -> Path:
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"--resume_from_checkpoint {spec}: not a checkpoint folder (no {STATE_FILE} in it)")
     return path
+
+
+def damaged_file(checkpoint: Path, num_processes: int) -> str | None:
+    """What cannot be read in a checkpoint (`FILE (why)`), or None: the state file, every process's RNG state, the
+    optimizer, and the model's safetensors headers. Read before anything is loaded or written."""
+    try:
+        json.loads((checkpoint / STATE_FILE).read_text())
+    except (OSError, ValueError) as error:
+        return f"{STATE_FILE} ({type(error).__name__}: {str(error).splitlines()[0]})"
+    for name in ("optimizer.bin", "custom_checkpoint_0.pkl", *(f"random_states_{i}.pkl" for i in range(num_processes))):
+        if not (checkpoint / name).is_file() or (checkpoint / name).stat().st_size == 0:
+            return f"{name} (missing or empty)"
+    weights = sorted(checkpoint.glob("*.safetensors"))
+    if not weights:
+        return "model.safetensors (missing)"
+    for file in weights:
+        try:
+            with safe_open(file, framework="pt") as tensors:
+                for name in tensors.keys():
+                    tensors.get_slice(name)  # the header's offsets must lie inside the file
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+            return f"{file.name} ({str(error).splitlines()[0]})"
+    return None
+
+
+def intact_checkpoint_advice(output_dir, damaged: Path, num_processes: int) -> str:
+    """Where to resume from instead of a damaged checkpoint: the newest intact one, if any."""
+    intact = [p for p in list_checkpoints(output_dir) if p != damaged and damaged_file(p, num_processes) is None]
+    if not intact:
+        return "no intact checkpoint is left in its folder; start again without --resume_from_checkpoint"
+    return f"the newest intact one is {intact[-1]}: --resume_from_checkpoint {intact[-1]}"
 
 
 def load_training_state(checkpoint: Path) -> dict:

@@ -64,6 +64,7 @@ class Telemetry:
         source = "--peak_tflops" if config.peak_tflops else f"the dense matmul rate measured on {device}"
         logger.info(f"MFU is relative to {flop_rate(self.peak_tflops)} per process ({source})")
         self.flop_rates = training_flop_rates(classifier)
+        self.trackers_on = True
         if tracker_config is not None:  # every process calls it; only the main process writes
             accelerator.init_trackers("text-classification", config=tracker_config)
         self.profiler = start_profiler(config.profile_steps, output_dir, accelerator.is_main_process, device)
@@ -80,6 +81,7 @@ class Telemetry:
     def batch_loaded(self, batch: dict) -> None:
         """A training micro-batch is on the device: the data phase ends; its tokens are counted."""
         self.timer.lap("data")
+        self.batch_shape = tuple(batch["input_ids"].shape)  # metadata, no sync: for an out-of-memory message
         self.count_tokens(batch["attention_mask"])
 
     def count_tokens(self, attention_mask: torch.Tensor) -> None:
@@ -115,7 +117,7 @@ class Telemetry:
         if self.log_file is not None:
             self.log_file.write(json.dumps(record) + "\n")
             self.log_file.flush()
-        self.accelerator.log({f"train/{key}": record[key] for key in TRACKED_TRAIN_KEYS}, step=record["step"])
+        self.to_trackers({f"train/{key}": record[key] for key in TRACKED_TRAIN_KEYS}, record["step"])
         self.progress.set_postfix(loss=f"{loss:.4f}", lr=f"{learning_rate:.2e}")
         state.reset_window()
         self.run_tokens += self.window_tokens
@@ -129,7 +131,19 @@ class Telemetry:
                                        self.peak_tflops * self.accelerator.num_processes)
 
     def evaluated(self, metrics: dict, step: int) -> None:
-        self.accelerator.log(tracked(metrics, "eval"), step=step)
+        self.to_trackers(tracked(metrics, "eval"), step)
+
+    def to_trackers(self, values: dict, step: int) -> None:
+        """TensorBoard/W&B; one that fails (a full disk, W&B's service gone) is dropped with a warning, and the run goes
+        on: its own log.jsonl and metrics.json hold every figure anyway."""
+        if not self.trackers_on:
+            return
+        try:
+            self.accelerator.log(values, step=step)
+        except Exception as error:  # noqa: BLE001 - any tracker's failure: it must not end the training
+            self.trackers_on = False
+            logger.warning(f"--report_to: a tracker failed ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                           "training goes on without trackers (log.jsonl and metrics.json are written as usual)")
 
     def close(self) -> dict:
         """The run's speed figures for metrics.json (train padding efficiency over all processes)."""
