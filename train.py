@@ -644,6 +644,16 @@ def best_model_saved(run: Run) -> bool:
     return True
 
 
+def save_final_model(run: Run) -> None:
+    try:
+        save_model(run.model, run.data.tokenizer, run.accelerator, run.output_dir)
+    except OSError as error:  # a full disk, no permission: say where, and what training is still saved
+        checkpoints = list_checkpoints(run.output_dir)
+        kept = (f"the last checkpoint, {checkpoints[-1]}, is intact: resume from it once there is room" if checkpoints
+                else "no checkpoint was saved (--checkpointing_steps keeps the training if this can happen)")
+        raise OSError(f"cannot save the final model to {run.output_dir} ({error.strerror or error}); {kept}") from error
+
+
 def finish(run: Run, start_time: float) -> None:
     """The final model ("after": the last step's, or the best evaluation's) and every output file."""
     config, accelerator, state, history = run.config, run.accelerator, run.state, run.state.history
@@ -668,7 +678,7 @@ def finish(run: Run, start_time: float) -> None:
         else:
             history.after, run.predictions["last"] = evaluate(run.model, run.eval_batches, accelerator, run.data.task,
                                                               run.data.label_names)
-        save_model(run.model, run.data.tokenizer, accelerator, run.output_dir)
+        save_final_model(run)
     best_is_final = load_best or (state.tracker.best or {}).get("step") == state.completed_steps
     if accelerator.is_main_process and best_is_final and (run.output_dir / "best").is_dir():
         shutil.rmtree(run.output_dir / "best")  # the same weights as the final model: no second copy

@@ -278,3 +278,39 @@ def test_a_failing_tracker_does_not_end_the_run(tiny_bert, small_imdb, tmp_path,
     assert result.returncode == 0 and metrics["after"]["rows"] == 8 and len(log) == 1
     assert (result.stderr + caplog.text).count("--report_to: a tracker failed (RuntimeError: wandb: the service is gone); training goes "
                              "on without trackers") == 1
+
+
+def test_a_second_ctrl_c_stops_at_once(uninterrupted, tmp_path, monkeypatch):
+    """Ctrl-C twice within a step: no waiting for the checkpoint (KeyboardInterrupt, as Python's own Ctrl-C)."""
+    from training.telemetry import Telemetry
+
+    args, _ = uninterrupted
+    batch_loaded, batches = Telemetry.batch_loaded, []
+
+    def twice_at_the_5th(self, batch):
+        batches.append(1)
+        if len(batches) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        batch_loaded(self, batch)
+
+    monkeypatch.setattr(Telemetry, "batch_loaded", twice_at_the_5th)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(args + ["--output_dir", tmp_path / "o"])
+    assert list_checkpoints(tmp_path / "o") == [] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_final_model_failing_to_save_is_one_line(tiny_bert, small_imdb, tmp_path, monkeypatch):
+    import train
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train, "save_model", disk_full)
+    out = tmp_path / "o"
+    result = run_train(small_run_args(tiny_bert, small_imdb, out) + ["--checkpointing_steps", 4], check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: cannot save the final model to {out} (No space left on device); the last checkpoint, "
+        f"{out / 'checkpoints' / 'step_8'}, is intact: resume from it once there is room")
+    assert [p.name for p in list_checkpoints(out)] == ["step_4", "step_8"]  # what was saved is still there
