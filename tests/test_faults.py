@@ -212,6 +212,13 @@ def test_a_run_resumed_after_its_last_evaluation_writes_every_output(checkpointe
     assert (out / "eval_predictions.jsonl").read_text() == (source / "eval_predictions.jsonl").read_text()
 
 
+def last_error_line(args: list) -> str:
+    """train.py ARGS, which must fail with exit code 1: its last line on stderr."""
+    result = run_train(args, check=False)
+    assert result.returncode == 1, result.stderr[-3000:]
+    return result.stderr.strip().splitlines()[-1]
+
+
 def small_run_args(tiny_bert, small_imdb, out) -> list:
     return ["--model_name_or_path", tiny_bert, "--dataset_name", small_imdb, "--output_dir", out, "--train_samples", 32,
             "--eval_samples", 8, "--num_train_epochs", 1, "--max_length", 32, "--per_device_train_batch_size", 4]
@@ -233,9 +240,7 @@ def test_a_failed_checkpoint_save_keeps_the_earlier_ones_and_is_one_line(tiny_be
 
     monkeypatch.setattr(Accelerator, "save_state", disk_full_at_the_second)
     out = tmp_path / "o"
-    result = run_train(small_run_args(tiny_bert, small_imdb, out) + ["--checkpointing_steps", 4], check=False)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert last_error_line(small_run_args(tiny_bert, small_imdb, out) + ["--checkpointing_steps", 4]) == (
         f"error: cannot write checkpoint {out / 'checkpoints' / 'step_8'} (No space left on device); the last good "
         f"checkpoint is {out / 'checkpoints' / 'step_4'}; free space (or pass another --output_dir) and resume with "
         "--resume_from_checkpoint")
@@ -308,9 +313,7 @@ def test_the_final_model_failing_to_save_is_one_line(tiny_bert, small_imdb, tmp_
 
     monkeypatch.setattr(train, "save_model", disk_full)
     out = tmp_path / "o"
-    result = run_train(small_run_args(tiny_bert, small_imdb, out) + ["--checkpointing_steps", 4], check=False)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert last_error_line(small_run_args(tiny_bert, small_imdb, out) + ["--checkpointing_steps", 4]) == (
         f"error: cannot save the final model to {out} (No space left on device); the last checkpoint, "
         f"{out / 'checkpoints' / 'step_8'}, is intact: resume from it once there is room")
     assert [p.name for p in list_checkpoints(out)] == ["step_4", "step_8"]  # what was saved is still there
