@@ -614,7 +614,7 @@ def resume(state: TrainState, checkpoint: Path, config: Config, record: dict, ac
         raise RunError(f"{checkpoint} was made with other settings ({'; '.join(differences)}); resume with the same "
                        "flags, or start a new --output_dir")
     accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG states
-    state.load_state_dict(saved, accelerator.is_main_process)
+    state.load_state_dict(saved, accelerator.process_index)
     logger.info(f"Resumed from {checkpoint}: epoch {state.epoch + 1}, step {state.completed_steps}")
 
 

@@ -244,7 +244,7 @@ def test_a_checkpoint_state_from_before_train_state_still_loads():
            "tracker": {"best": None, "evaluations_without_improvement": 0}, "settings": {},
            "running": {"epoch_loss": 2.5, "epoch_rows": 12, "window_loss": 0.75, "window_rows": 4}}
     state = TrainState(BestTracker("accuracy"), torch.device("cpu"))
-    state.load_state_dict(old, is_main=True)
+    state.load_state_dict(old, process_index=0)
     assert (state.epoch, state.batches_done, state.completed_steps, state.epoch_rows, state.window_rows) == (1, 3, 19,
                                                                                                           12, 4)
     assert (state.epoch_loss.item(), state.window_loss.item(), state.step_loss.item()) == (2.5, 0.75, 0.0)
@@ -263,3 +263,24 @@ def test_a_checkpoint_whose_settings_were_saved_as_given_still_resumes():
     assert config_differences(resolved, resolved, given) == []  # as this version saves them
     assert config_differences(given, resolved | {"per_device_train_batch_size": 8},
                               given | {"per_device_train_batch_size": 8}) == ["per_device_train_batch_size: 4 -> 8"]
+
+
+def test_each_process_gets_its_own_loss_sums_back():
+    """A resume restores each process's share of the loss sums (not the total on the main process), so the epoch's
+    reduction adds the same numbers in the same order as the uninterrupted run (the 8th digit of train_loss)."""
+    from types import SimpleNamespace
+
+    from training.state import TrainState
+
+    states = [TrainState(BestTracker("accuracy"), torch.device("cpu")) for _ in range(2)]
+    for state, losses in zip(states, ([0.1, 0.7], [0.3])):
+        for loss in losses:
+            state.micro_batch_done(torch.tensor([loss]))
+    own = torch.stack([torch.stack([getattr(s, name) for name in s._sums()]) for s in states])
+    gather_all = SimpleNamespace(gather=lambda tensor: own)  # what accelerate's gather returns on every process
+    saved = json.loads(json.dumps(states[0].state_dict(gather_all)))
+    assert saved["epoch_loss"] == pytest.approx(1.1) and len(saved["process_sums"]) == 2
+    for index, before in enumerate(states):
+        resumed = TrainState(BestTracker("accuracy"), torch.device("cpu"))
+        resumed.load_state_dict(saved, process_index=index)
+        assert resumed.epoch_loss.item() == before.epoch_loss.item() and resumed.batches_done == states[0].batches_done

@@ -49,7 +49,7 @@ class BestTracker:
 @dataclass
 class TrainState:
     """The loop's counters and sums. Loss sums live on the device, per process (adding to them needs no sync); a
-    checkpoint stores them summed over processes, and a resume puts the sums back on the main process only."""
+    checkpoint stores each process's share (and their totals), and a resume gives each process its share back."""
 
     tracker: BestTracker
     device: torch.device
@@ -97,20 +97,25 @@ class TrainState:
         self.window_rows = 0
 
     def state_dict(self, accelerator) -> dict:
-        """Every field as JSON (training_state.json); every process must call it (the loss sums are reduced)."""
+        """Every field as JSON (training_state.json); every process must call it (the loss sums are gathered): the
+        sums over all processes, and each process's own share, so a resume adds them up in the same order."""
         sums = self._sums()
-        totals = accelerator.reduce(torch.stack([getattr(self, name) for name in sums]), "sum").tolist()
+        shares = accelerator.gather(torch.stack([getattr(self, name) for name in sums])[None]).tolist()
+        totals = [sum(share[i] for share in shares) for i in range(len(sums))]
         plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in (*sums, *self.NOT_SAVED)}
-        return {**plain, **dict(zip(sums, totals)), "tracker": self.tracker.state_dict(),
+        return {**plain, **dict(zip(sums, totals)), "process_sums": shares, "tracker": self.tracker.state_dict(),
                 "history": self.history.to_dict()}
 
-    def load_state_dict(self, saved: dict, is_main: bool) -> None:
+    def load_state_dict(self, saved: dict, process_index: int) -> None:
         saved = saved | saved.get("running", {})  # checkpoints from before TrainState kept the sums under "running"
         self.tracker.load_state_dict(saved["tracker"])
         self.history = History.from_dict(saved["history"])
         sums = self._sums()
+        shares = saved.get("process_sums")  # older checkpoints: the totals only, put back on the main process
         for f in fields(self):
-            if f.name in sums:  # reductions add every process's share: the sum lives on one process
-                setattr(self, f.name, torch.tensor(saved.get(f.name, 0.0) if is_main else 0.0, device=self.device))
+            if f.name in sums:
+                value = (shares[process_index][sums.index(f.name)] if shares else
+                         saved.get(f.name, 0.0) if process_index == 0 else 0.0)
+                setattr(self, f.name, torch.tensor(value, device=self.device))
             elif f.name not in self.NOT_SAVED:
                 setattr(self, f.name, saved[f.name])
