@@ -304,8 +304,10 @@ def main(config: Config) -> None:
 def out_of_memory(run: Run) -> str:
     """One line: where, the batch, what to try, and what is saved."""
     checkpoints = list_checkpoints(run.output_dir)
-    shape = getattr(run.telemetry, "batch_shape", None)
-    return (f"out of memory at step {run.state.completed_steps + 1} (epoch {run.state.epoch + 1}"
+    shape = getattr(run.telemetry, "batch_shape", None) if run.model.training else None  # eval batches: not counted
+    where = (f"at step {run.state.completed_steps + 1}" if run.model.training else
+             f"in the evaluation after step {run.state.completed_steps}")
+    return (f"out of memory {where} (epoch {run.state.epoch + 1}"
             f"{f', a batch of {shape[0]} rows x {shape[1]} tokens' if shape else ''}); try a smaller "
             "--per_device_train_batch_size (with --gradient_accumulation_steps to keep the step's rows), a smaller "
             f"--max_length or --per_device_eval_batch_size; "

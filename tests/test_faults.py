@@ -255,23 +255,30 @@ def test_a_failed_checkpoint_save_keeps_the_earlier_ones_and_is_one_line(tiny_be
     assert damaged_file(out / "checkpoints" / "step_4", 1) is None
 
 
-def test_out_of_memory_is_one_line_with_the_step_and_the_batch(tiny_bert, small_imdb, tmp_path, monkeypatch):
+@pytest.mark.parametrize("phase", ["training", "evaluation"])
+def test_out_of_memory_is_one_line_with_the_step_and_the_batch(phase, tiny_bert, small_imdb, tmp_path, monkeypatch):
     from transformers import BertForSequenceClassification
 
     forward, calls = BertForSequenceClassification.forward, []
 
-    def out_of_memory_at_the_third_step(self, *args, **kwargs):
-        if self.training:
+    def out_of_memory_at_the_third_call(self, *args, **kwargs):
+        if self.training == (phase == "training"):  # the third training step, or the third evaluation batch
             calls.append(1)
             if len(calls) == 3:
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(BertForSequenceClassification, "forward", out_of_memory_at_the_third_step)
+    monkeypatch.setattr(BertForSequenceClassification, "forward", out_of_memory_at_the_third_call)
     out = tmp_path / "o"
-    result = run_train(small_run_args(tiny_bert, small_imdb, out) + ["--checkpointing_steps", 2], check=False)
-    line = result.stderr.strip().splitlines()[-1]
-    assert result.returncode == 1 and line.startswith("error: out of memory at step 3 (epoch 1, a batch of 4 rows x ")
+    args = small_run_args(tiny_bert, small_imdb, out) + ["--checkpointing_steps", 2, "--per_device_eval_batch_size", 1,
+                                                          "--eval_strategy", "steps", "--eval_steps", 2]
+    line = last_error_line(args)
+    where = ("at step 3 (epoch 1, a batch of 4 rows x " if phase == "training" else
+             "in the evaluation after step 0 (epoch 1)")
+    assert line.startswith(f"error: out of memory {where}")
+    if phase == "evaluation":  # the evaluation before training: nothing trained, nothing saved
+        assert line.endswith("no checkpoint was saved")
+        return
     assert line.endswith("try a smaller --per_device_train_batch_size (with --gradient_accumulation_steps to keep the "
                          "step's rows), a smaller --max_length or --per_device_eval_batch_size; the last checkpoint is "
                          f"{out / 'checkpoints' / 'step_2'}")
