@@ -471,7 +471,7 @@ def stop_if_not_finite(run: Run) -> None:
     step = run.guard.first_bad_step()
     if step:
         run.telemetry.progress.close()
-        run.accelerator.end_training()
+        end_training(run)
         checkpoints = list_checkpoints(run.output_dir)
         kept = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint had been saved"
         raise RunError(f"the training loss is NaN or infinite at step {step} (epoch "
@@ -504,7 +504,7 @@ def after_step(run: Run, epoch_position: float, step_rows: int, learning_rate: f
 def stop_for_signal(run: Run, number: int) -> None:
     """After the checkpoint of the step in progress: one line, and the exit code of a process the signal stopped."""
     run.telemetry.progress.close()
-    run.accelerator.end_training()
+    end_training(run)
     step = run.state.completed_steps
     if run.accelerator.is_main_process:
         print(f"stopped by {signal_name(number)} at step {step} (epoch {run.state.epoch + 1}); saved "
@@ -695,7 +695,17 @@ def finish(run: Run, start_time: float) -> None:
         logger.info(f"Saved the model, metrics.json and log.jsonl to {run.output_dir} "
                     f"({history.runtime_seconds:.0f} s in all)")
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_training(run)
+
+
+def end_training(run: Run) -> None:
+    """The trackers closed and the process group destroyed, the DDP wrapper first: its Reducer holds the group, and
+    a group freed from the Reducer's destructor joins gloo's threads while holding the GIL, which hung 2 of ~25 CPU
+    launches at exit (PyTorch issue #56297); freed by destroy_process_group, it lets go of the GIL first."""
+    if run.accelerator.num_processes > 1:
+        run.model = None
+        run.accelerator.free_memory()  # accelerate's own references to the wrapper, and a garbage collection
+    run.accelerator.end_training()
 
 
 if __name__ == "__main__":
