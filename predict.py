@@ -41,6 +41,7 @@ from data import (
     encode,
     eval_loader,
     find_columns,
+    label_columns,
     looks_like_path,
     padding_collator,
     read_table,
@@ -163,13 +164,8 @@ def read_file(args, model_config) -> Inputs:
     texts = [column for column in (columns.text, columns.text_pair) if column]
     check_rows(table, texts, columns.labels, str(path))  # train.py's one line for a row without a text (or label)
     if len(columns.labels) > 1:  # one 0/1 column per label: each row's list of the labels set
-        labels = []
-        for index, row in enumerate(table.select_columns(list(columns.labels))):
-            bad = next((name for name, value in row.items() if value not in (0, 1)), None)
-            if bad is not None:
-                raise ValueError(f"{path}: row {index} (0-based) has {row[bad]!r} in label column {bad!r}; each label "
-                                 "column holds 0 or 1")
-            labels.append([name for name, value in row.items() if value])
+        values = label_columns(table, list(columns.labels), str(path))
+        labels = [[name for name in columns.labels if values[name][row]] for row in range(len(table))]
     else:
         labels = list(table[columns.labels[0]][:]) if columns.labels else None
     pairs = list(table[columns.text_pair][:]) if columns.text_pair else None

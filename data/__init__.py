@@ -15,7 +15,7 @@ from data.loading import (
     select_subset,
     tokenize,
 )
-from data.labels import rename_classes
+from data.labels import label_columns, rename_classes
 from data.loaders import (eval_loader, length_order, on_device, padding_collator, pin_memory_for, to_device,
                           train_loader)
 from data.truncation import KEEP_CHOICES, add_pair_separator, check_head_tokens, check_pair_room, encode
@@ -45,6 +45,7 @@ __all__ = [
     "TEXT_COLUMNS",
     "Columns",
     "find_column",
+    "label_columns",
     "find_columns",
     "read_table",
     "rename_classes",

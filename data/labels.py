@@ -96,17 +96,24 @@ def _label_per_column(raw: DatasetDict, columns: list[str], origins: dict) -> tu
     """One 0/1 column per label (bool, integer or whole-float values): the column names are the label names."""
     encoded = {}
     for split, rows in raw.items():
-        table = {column: rows.data.column(column).to_pylist() for column in columns}
-        for column, values in table.items():
-            bad = next((row for row, value in enumerate(values) if value not in (0, 1)), None)
-            if bad is not None:
-                raise ValueError(f"{origins[split]}: row {bad} (0-based) has {values[bad]!r} in label column "
-                                 f"{column!r}; each label column holds 0 or 1 (multi-label, one column per label)")
+        table = label_columns(rows, columns, origins[split])
         encoded[split] = [[float(table[column][row]) for column in columns] for row in range(len(rows))]
     logger.info(f"multi-label: {len(columns)} labels, one 0/1 column each ({_no_label_rows(encoded['train'])} train "
                 "rows have none)")
     return DatasetDict({split: _with_labels(raw[split].remove_columns(columns), encoded[split]) for split in raw}), \
         list(columns)
+
+
+def label_columns(rows, columns: list[str], origin: str) -> dict[str, list]:
+    """One 0/1 column per label (train.py's data, predict.py --evaluate's file): {column: its values}; a value other
+    than 0/1 (bool or whole float too) is an error naming its row and column."""
+    table = {column: rows.data.column(column).to_pylist() for column in columns}
+    for column, values in table.items():
+        bad = next((row for row, value in enumerate(values) if value not in (0, 1)), None)
+        if bad is not None:
+            raise ValueError(f"{origin}: row {bad} (0-based) has {values[bad]!r} in label column {column!r}; each "
+                             "label column holds 0 or 1 (multi-label, one column per label)")
+    return table
 
 
 def _scores(raw: DatasetDict, origins: dict) -> DatasetDict:
