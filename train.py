@@ -8,6 +8,7 @@ Top to bottom: the flags (Config); data and model; main: set up, evaluate before
 steps (forward, backward, clip, step, schedule); evaluation, checkpoints and the end of the run.
 """
 
+import json
 import math
 import shutil
 import sys
@@ -42,7 +43,8 @@ from training.config import (DEBUG_EVAL_ROWS, DEBUG_EVAL_STEPS, DEBUG_MAX_LENGTH
                              speed_flag)
 from training.environment import check_process_group, configure_logging, log_distributed_type, use_the_cores
 from training.nonfinite import NonFiniteGuard
-from training.outputs import check_output_dir, open_output_dir, output_dir_problem, save_model, write_results
+from training.outputs import (BEST_RECORD, check_output_dir, find_best_model, open_output_dir, output_dir_problem,
+                              save_model, write_results)
 from training.state import BestTracker, TrainState
 from training.stopping import StopSignals, exit_code, signal_name
 from training.telemetry import Telemetry, missing_trackers, trackers_for
@@ -267,6 +269,7 @@ class Run:
     predictions: dict  # main process: eval predictions in input order, of the last and of the best evaluation
     stop: StopSignals  # SIGTERM/SIGINT/SIGUSR1 received: checked after each step
     evaluated_at: int | None = None  # the step this process last evaluated at (not a resumed run's evaluations)
+    best_dir: Path | None = None  # --load_best_model_at_end: the folder holding the best evaluation's model
 
 
 def main(config: Config) -> None:
@@ -287,6 +290,9 @@ def main(config: Config) -> None:
                 break  # the run ended at the previous epoch's end (or the checkpoint resumed from was taken there)
             end_of_epoch(run, epoch)  # (a run that ended mid-epoch, or was resumed there, still closes that epoch)
         finish(run, start_time)
+        if run.stop.received:  # after the last step: finishing (the final evaluation and save) loses nothing
+            logger.warning(f"{signal_name(run.stop.received)} came after the last step; the run finished first and "
+                           "is complete")
     except torch.OutOfMemoryError:
         run.telemetry.progress.close()
         if config.debug:
@@ -351,18 +357,28 @@ def set_up(config: Config) -> Run:
                 f"{config.gradient_accumulation_steps} accumulated)")
 
     state = TrainState(BestTracker(plan.metric_for_best_model, config.early_stopping_patience), accelerator.device)
-    if checkpoint is not None:
-        resume(state, checkpoint, config, record, accelerator)
     output_dir = Path(config.output_dir)
+    saved, best_dir = {}, None
+    if checkpoint is not None:
+        saved = resume(state, checkpoint, config, record, accelerator)
+        if config.load_best_model_at_end and state.tracker.best is not None:
+            best_dir = find_best_model(state.tracker.best, output_dir, checkpoint)
     log_file = (open_output_dir(output_dir, config.overwrite_output_dir, state.completed_steps if checkpoint else None)
                 if accelerator.is_main_process else None)  # one writer: only the main process touches output_dir
+    if best_dir is not None and best_dir.parent != output_dir and best_dir != output_dir:
+        # Resumed into another --output_dir: the best model comes along, so the new folder does not need the old one.
+        if accelerator.is_main_process:
+            shutil.copytree(best_dir, output_dir / "best", dirs_exist_ok=True)
+        accelerator.wait_for_everyone()
+        best_dir = output_dir / "best"
     tracker_config = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool))}
     telemetry = Telemetry(accelerator, config, plan, data.classifier, output_dir, log_file,
                           tracker_config if trackers else None, state.completed_steps)
     # Skips a NaN/inf update on the device (fused AdamW's found_inf): the loop checks the flag only where it syncs.
     return Run(config, plan, accelerator, data, model, optimizer, lr_scheduler, NonFiniteGuard(optimizer, accelerator),
-               eval_batches, collator, state, telemetry, record, output_dir, predictions={"last": None, "best": None},
-               stop=StopSignals(accelerator))
+               eval_batches, collator, state, telemetry, record, output_dir,
+               predictions={"last": None, "best": saved.get("best_outputs")}, stop=StopSignals(accelerator),
+               best_dir=best_dir)
 
 
 def prepare_training(config: Config, plan: Plan, classifier, accelerator) -> tuple:
@@ -583,7 +599,10 @@ def evaluate_and_track(run: Run, epoch: int) -> dict:
     if state.tracker.update(metrics, epoch, state.completed_steps):
         run.predictions["best"] = run.predictions["last"]
         if run.config.load_best_model_at_end or run.config.save_best_model:  # a full copy: only when asked for
-            save_model(run.model, run.data.tokenizer, run.accelerator, run.output_dir / "best")
+            run.best_dir = run.output_dir / "best"
+            save_model(run.model, run.data.tokenizer, run.accelerator, run.best_dir)
+            if run.accelerator.is_main_process:  # which evaluation it is: a resume checks it is still the best
+                (run.best_dir / BEST_RECORD).write_text(json.dumps(state.tracker.best) + "\n")
     state.history.best = best = state.tracker.best
     metric = run.plan.metric_for_best_model
     logger.info(f"step {state.completed_steps}: eval {metric} {metrics[metric]:.4f} (best {best['value']:.4f} at "
@@ -604,7 +623,8 @@ def resume_settings(config_class, record: dict) -> dict:
     return {name: record[name] for name in repeat} | {"num_processes": record["num_processes"]}
 
 
-def resume(state: TrainState, checkpoint: Path, config: Config, record: dict, accelerator) -> None:
+def resume(state: TrainState, checkpoint: Path, config: Config, record: dict, accelerator) -> dict:
+    """The checkpoint checked (readable, same settings) and loaded; its training_state.json returned."""
     damaged = damaged_file(checkpoint, accelerator.num_processes)
     if damaged:  # latest does not pass over a damaged checkpoint silently: the user picks the one to resume
         raise RunError(f"{checkpoint}: {damaged} cannot be read; "
@@ -618,12 +638,16 @@ def resume(state: TrainState, checkpoint: Path, config: Config, record: dict, ac
     accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG states
     state.load_state_dict(saved, accelerator.process_index)
     logger.info(f"Resumed from {checkpoint}: epoch {state.epoch + 1}, step {state.completed_steps}")
+    return saved
+
 
 
 def save_and_prune(run: Run, name: str) -> None:
     """A checkpoint of accelerate's states and the TrainState; then keep only the newest --save_total_limit (and the
     best step's)."""
     saved = run.state.state_dict(run.accelerator) | {"settings": resume_settings(Config, run.record)}
+    if run.config.load_best_model_at_end:  # the best evaluation's outputs: its eval_predictions.jsonl after a resume
+        saved["best_outputs"] = run.predictions["best"]
     save_checkpoint(run.accelerator, run.output_dir, name, saved)
     if run.accelerator.is_main_process:
         best = run.state.tracker.best
@@ -638,12 +662,7 @@ def best_model_saved(run: Run) -> bool:
         logger.warning("--load_best_model_at_end: no evaluation ran during training (a run shorter than --eval_steps?); "
                        "the final model is the last step's")
         return False
-    if not (run.output_dir / "best").is_dir():
-        logger.warning(f"--load_best_model_at_end: the best evaluation (step {best['step']}) is not in "
-                       f"{run.output_dir / 'best'} (resumed into another --output_dir?); the final model is the last "
-                       "step's")
-        return False
-    return True
+    return run.best_dir is not None  # (if not, find_best_model has said why when the run resumed)
 
 
 def save_final_model(run: Run) -> None:
@@ -671,8 +690,8 @@ def finish(run: Run, start_time: float) -> None:
         # The best evaluation's model, already saved: copy it rather than keep the last step's weights.
         best = next(e for e in history.evaluations if e["step"] == state.tracker.best["step"])
         history.after = metrics_of(best)
-        if accelerator.is_main_process:
-            shutil.copytree(run.output_dir / "best", run.output_dir, dirs_exist_ok=True)
+        if accelerator.is_main_process and run.best_dir != run.output_dir:  # (a finished run's: already there)
+            shutil.copytree(run.best_dir, run.output_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(BEST_RECORD))
     else:
         if last is not None and last["step"] == state.completed_steps and run.evaluated_at == state.completed_steps:
             history.after = metrics_of(last)  # the model has not changed since that evaluation
@@ -681,10 +700,6 @@ def finish(run: Run, start_time: float) -> None:
             history.after, run.predictions["last"] = evaluate(run.model, run.eval_batches, accelerator, run.data.task,
                                                               run.data.label_names)
         save_final_model(run)
-    best_is_final = load_best or (state.tracker.best or {}).get("step") == state.completed_steps
-    if accelerator.is_main_process and best_is_final and (run.output_dir / "best").is_dir():
-        shutil.rmtree(run.output_dir / "best")  # the same weights as the final model: no second copy
-        logger.info(f"The best evaluation's model is the final model in {run.output_dir}: no separate best/")
     if accelerator.is_main_process:
         history.config, history.speed = run.record, speed
         history.runtime_seconds = round(time.perf_counter() - start_time, 2)
@@ -694,6 +709,11 @@ def finish(run: Run, start_time: float) -> None:
         accelerator.print(f"After training:\n{run.data.task.format_report(history.after)}")
         logger.info(f"Saved the model, metrics.json and log.jsonl to {run.output_dir} "
                     f"({history.runtime_seconds:.0f} s in all)")
+    best_is_final = load_best or (state.tracker.best or {}).get("step") == state.completed_steps
+    if accelerator.is_main_process and best_is_final and (run.output_dir / "best").is_dir():
+        # The same weights as the final model: no second copy (removed last: metrics.json now says where it is).
+        shutil.rmtree(run.output_dir / "best")
+        logger.info(f"The best evaluation's model is the final model in {run.output_dir}: no separate best/")
     accelerator.wait_for_everyone()
     end_training(run)
 

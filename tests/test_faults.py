@@ -42,9 +42,9 @@ def uninterrupted(tiny_bert, small_imdb, tmp_path_factory) -> tuple[list, Path]:
     return args, out
 
 
-def signal_mid_run(stop: int, args: list, out: Path, monkeypatch) -> tuple[int, str]:
+def signal_mid_run(stop: int, args: list, out: Path, monkeypatch, at_batch: int = 13) -> tuple[int, str]:
     """SIGTERM from outside, to a real `python train.py` process (what a scheduler does); SIGINT and SIGUSR1 sent by
-    the run to itself at its 13th training batch, in this process (the same handler, seconds faster)."""
+    the run to itself at its AT_BATCH-th training batch, in this process (the same handler, seconds faster)."""
     if stop == signal.SIGTERM:
         env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
         process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args), "--output_dir", str(out)],
@@ -57,13 +57,13 @@ def signal_mid_run(stop: int, args: list, out: Path, monkeypatch) -> tuple[int, 
 
     batch_loaded, batches = Telemetry.batch_loaded, []
 
-    def signalled_at_the_13th(self, batch):
+    def signalled_at_the_nth(self, batch):
         batches.append(1)
-        if len(batches) == 13:
+        if len(batches) == at_batch:
             os.kill(os.getpid(), stop)
         batch_loaded(self, batch)
 
-    monkeypatch.setattr(Telemetry, "batch_loaded", signalled_at_the_13th)
+    monkeypatch.setattr(Telemetry, "batch_loaded", signalled_at_the_nth)
     result = run_train(args + ["--output_dir", out], check=False)
     monkeypatch.undo()
     return result.returncode, result.stderr
@@ -331,3 +331,104 @@ def test_the_final_model_failing_to_save_is_one_line(tiny_bert, small_imdb, tmp_
         f"error: cannot save the final model to {out} (No space left on device); the last checkpoint, "
         f"{out / 'checkpoints' / 'step_8'}, is intact: resume from it once there is room")
     assert [p.name for p in list_checkpoints(out)] == ["step_4", "step_8"]  # what was saved is still there
+
+
+BEST_ARGS = ["--eval_strategy", "steps", "--eval_steps", 8, "--metric_for_best_model", "loss",
+             "--load_best_model_at_end"]  # best at step 48 of 64, never beaten after it
+
+
+@pytest.fixture(scope="module")
+def best_before_the_end(uninterrupted, tmp_path_factory) -> tuple[list, Path, Path]:
+    """--load_best_model_at_end runs: uninterrupted (checkpoints at steps 32 and 64), and stopped by SIGUSR1 at step 53
+    (after the best evaluation)."""
+    args, _ = uninterrupted
+    args = args + BEST_ARGS
+    full, stopped = tmp_path_factory.mktemp("best_full"), tmp_path_factory.mktemp("best_stopped")
+    run_train(args + ["--output_dir", full, "--checkpointing_steps", 32])
+    metrics, _ = read_outputs(full)
+    assert metrics["best"]["step"] == 48 and not (full / "best").exists()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        code, _ = signal_mid_run(signal.SIGUSR1, args, stopped, monkeypatch, at_batch=53)
+    assert code == 128 + signal.SIGUSR1 and [p.name for p in list_checkpoints(stopped)] == ["step_53"]
+    assert (stopped / "best" / "best_evaluation.json").is_file()
+    return args, full, stopped
+
+
+def same_final_model(out: Path, full: Path) -> None:
+    """The final model, eval_predictions.jsonl, `after` and the confusion matrix are the uninterrupted run's."""
+    metrics, _ = read_outputs(out)
+    full_metrics, _ = read_outputs(full)
+    assert load_file(out / "model.safetensors").keys() == load_file(full / "model.safetensors").keys()
+    for name, tensor in load_file(full / "model.safetensors").items():
+        assert torch.equal(load_file(out / "model.safetensors")[name], tensor), name
+    assert metrics["after"] == full_metrics["after"] and metrics["best"] == full_metrics["best"]
+    assert metrics["confusion_matrix"] == full_metrics["confusion_matrix"]
+    assert (out / "eval_predictions.jsonl").read_text() == (full / "eval_predictions.jsonl").read_text()
+    assert not (out / "best").exists() and not (out / "best_evaluation.json").exists()
+
+
+@pytest.mark.parametrize("where", ["the same output_dir", "another output_dir"])
+def test_a_run_resumed_after_its_best_evaluation_ends_with_that_model(where, best_before_the_end, tmp_path):
+    """The best evaluation (step 48) came before the checkpoint (step 53): the final model is still it, with its
+    eval predictions (kept in the checkpoint) and confusion matrix; resumed elsewhere, best/ comes along."""
+    import shutil
+
+    args, full, stopped = best_before_the_end
+    source = tmp_path / "stopped"
+    shutil.copytree(stopped, source)
+    out = source if where == "the same output_dir" else tmp_path / "elsewhere"
+    result = run_train(args + ["--output_dir", out, "--resume_from_checkpoint", source / "checkpoints" / "step_53"])
+    assert "--load_best_model_at_end" not in result.stderr  # no warning: the best model was found
+    same_final_model(out, full)
+    if where == "another output_dir":
+        assert (source / "best" / "model.safetensors").is_file()  # the stopped run's folder is left as it was
+
+
+def test_a_finished_run_resumed_keeps_its_best_model(best_before_the_end, tmp_path):
+    """Its best/ was removed at the end (the final model is the best): resuming `latest` (step 64) finds the best in
+    the final model and leaves it, rather than saving the last step's over it."""
+    import shutil
+
+    args, full, _ = best_before_the_end
+    out = tmp_path / "finished"
+    shutil.copytree(full, out)
+    (out / "eval_predictions.jsonl").unlink()
+    run_train(args + ["--output_dir", out, "--resume_from_checkpoint", "latest"])
+    same_final_model(out, full)
+
+
+def test_the_best_model_gone_is_said_when_the_run_resumes(best_before_the_end, tmp_path, caplog):
+    """best/ deleted: a warning at the resume, before any training (not at the end), and the last step's model."""
+    import shutil
+
+    args, full, stopped = best_before_the_end
+    out = tmp_path / "stopped"
+    shutil.copytree(stopped, out)
+    shutil.rmtree(out / "best")
+    result = run_train(args + ["--output_dir", out, "--resume_from_checkpoint", "latest"])
+    warning = (f"--load_best_model_at_end: the best evaluation's model (step 48) is in neither {out / 'best'} nor "
+               f"{out / 'best'}; unless a later evaluation is better, the final model will be the last step's")
+    assert warning in result.stderr
+    assert result.stderr.index(warning) < result.stderr.index("step 56: eval loss")  # up front, not at the end
+    metrics, _ = read_outputs(out)
+    last = metrics["evaluations"][-1]
+    assert metrics["after"] == {k: v for k, v in last.items() if k not in ("epoch", "step", "seconds")}
+
+
+def test_a_stop_signal_after_the_last_step_lets_the_run_finish(uninterrupted, tmp_path, monkeypatch):
+    """SIGTERM during the final save: the run completes (exit 0, every output), and says the signal came."""
+    import train
+
+    args, full = uninterrupted
+    write_results = train.write_results
+
+    def signalled_while_writing(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        write_results(*a, **k)
+
+    monkeypatch.setattr(train, "write_results", signalled_while_writing)
+    result = run_train(args + ["--output_dir", tmp_path], check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "SIGTERM came after the last step; the run finished first and is complete" in result.stderr
+    assert comparable(tmp_path) == comparable(full)
+    assert not list_checkpoints(tmp_path)

@@ -13,6 +13,8 @@ from training.checkpoints import find_checkpoint, list_checkpoints
 
 logger = logging.getLogger("train")
 
+BEST_RECORD = "best_evaluation.json"  # in best/: which evaluation its model is ({"metric", "value", "epoch", "step"})
+
 
 def output_dir_problem(path: str) -> str | None:
     """Checked with the flag, before anything is loaded."""
@@ -46,6 +48,33 @@ def open_output_dir(output_dir: Path, overwrite: bool, resumed_step: int | None)
     log_file = open(output_dir / "log.jsonl", "w")
     log_file.writelines(line + "\n" for line in kept)
     return log_file
+
+
+def find_best_model(best: dict, output_dir: Path, checkpoint: Path) -> Path | None:
+    """--load_best_model_at_end, resumed after the best evaluation: the folder with its model, or None with a warning
+    now (the run then ends with the last step's model, unless a later evaluation is better). Looked for in
+    --output_dir's best/, the checkpoint's run's best/ (resumed into another folder), and --output_dir itself (a
+    finished run, whose final model is the best)."""
+    for folder in (output_dir / "best", checkpoint.parent.parent / "best"):
+        record = folder / BEST_RECORD
+        if record.is_file() and json.loads(record.read_text())["step"] == best["step"]:
+            return folder
+    if final_model_is(best, output_dir):
+        return output_dir
+    logger.warning(f"--load_best_model_at_end: the best evaluation's model (step {best['step']}) is in neither "
+                   f"{output_dir / 'best'} nor {checkpoint.parent.parent / 'best'}; unless a later evaluation is "
+                   "better, the final model will be the last step's")
+    return None
+
+
+def final_model_is(best: dict, output_dir: Path) -> bool:
+    """Whether the model in output_dir is the best evaluation's: metrics.json says so (its `after` is that
+    evaluation's metrics)."""
+    if not (output_dir / "metrics.json").is_file():
+        return False
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    evaluation = next((e for e in metrics.get("evaluations", []) if e["step"] == best["step"]), {})
+    return metrics.get("best") == best and metrics["after"].items() <= evaluation.items()
 
 
 def save_model(model, tokenizer, accelerator, directory: Path) -> None:
