@@ -6,6 +6,8 @@ files named by split (in a configuration's subfolder for a local copy of such a 
 partner is looked up beside it), or the raw Stanford `aclImdb/` folder. Errors are one line saying what to pass.
 """
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -15,6 +17,7 @@ from typing import NamedTuple
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict
 
+from data import truncation
 from data.labels import encode_labels
 from data.truncation import encode
 
@@ -91,8 +94,28 @@ def tokenize(split: Dataset, tokenizer, max_length: int, keep: str = "head", hea
         batched=True,
         remove_columns=texts,
         desc="Tokenizing",
+        new_fingerprint=tokenized_fingerprint(split, tokenizer, max_length, keep, head_tokens),
     )
     return tokenized.rename_column("label", "labels")
+
+
+def tokenized_fingerprint(split: Dataset, tokenizer, *settings) -> str | None:
+    """datasets' cache key for the tokenized rows (what the other processes read after the main one): the rows, the
+    tokenizer as serialized (vocabulary, templates; not its truncation and padding state, which each call changes),
+    its Python-side settings, ours, and this code. By default datasets pickles the tokenizer object to hash it: GPT-2's
+    keeps a Python copy of its 50k vocabulary, ~1 s a call in a long test process. None (datasets' own hashing) for a
+    tokenizer without a serialized form."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    serialized = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+    python_side = (type(tokenizer).__name__, tokenizer.truncation_side, tokenizer.padding_side,
+                   tokenizer.model_input_names, tokenizer.special_tokens_map, settings)
+    digest = hashlib.sha256(split._fingerprint.encode())
+    for part in (json.dumps(serialized, sort_keys=True), repr(python_side), Path(truncation.__file__).read_text(),
+                 Path(__file__).read_text()):
+        digest.update(part.encode())
+    return digest.hexdigest()[:32]
 
 
 def dataset_id(name: str) -> str:

@@ -225,3 +225,24 @@ def test_a_train_split_alone_gets_a_seeded_held_out_eval_split(tmp_path):
     assert splits["eval"]["text"][:] == again["eval"]["text"][:]  # seeded
     with pytest.raises(FileNotFoundError, match="or pass --validation_split_percentage 10 to hold out 10% of the train"):
         load_splits(str(tmp_path / "reviews.csv"))
+
+
+def test_the_tokenized_rows_cache_key_follows_what_decides_the_tokens(minilm_dir, gpt2_tokenizer_dir):
+    """The same key before and after the tokenizer has truncated something (its state changes with each call: the
+    processes of one run must agree), another key for other rows, length, truncation or tokenizer."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from data.loading import tokenized_fingerprint
+
+    rows = Dataset.from_dict({"text": ["a b c d e f", "g h"], "label": [0, 1]})
+    minilm, gpt2 = AutoTokenizer.from_pretrained(minilm_dir), AutoTokenizer.from_pretrained(gpt2_tokenizer_dir)
+    key = tokenized_fingerprint(rows, minilm, 64, "head", 128)
+    minilm(["a b c d e f"], truncation=True, max_length=3)
+    assert tokenized_fingerprint(rows, minilm, 64, "head", 128) == key
+    others = {tokenized_fingerprint(rows.select([0]), minilm, 64, "head", 128),
+              tokenized_fingerprint(rows, minilm, 32, "head", 128), tokenized_fingerprint(rows, minilm, 64, "tail", 128),
+              tokenized_fingerprint(rows, gpt2, 64, "head", 128)}
+    minilm.truncation_side = "left"
+    others.add(tokenized_fingerprint(rows, minilm, 64, "head", 128))
+    assert len(others) == 5 and key not in others
