@@ -48,7 +48,7 @@ from data import (
     to_device,
 )
 from metrics import task_for
-from model import (AUTOCAST_DTYPES, BUCKET_MULTIPLE, COMPILE_MODES, compile_classifier, pad_with_eos,
+from model import (AUTOCAST_DTYPES, BUCKET_MULTIPLE, COMPILE_MODES, compile_classifier, prepare_tokenizer,
                    clamped_max_length, position_limit, prefer_fast_attention, prepare_attention_masks,
                    resolve_speed)
 from training.cli import AT_LEAST_ONE, NON_NEGATIVE, Parser, Range, one_line_errors
@@ -237,7 +237,7 @@ def main(args) -> None:
     with one_line_errors():
         check_model_dir(args.model_dir)
         # A GPT-2 model not saved by train.py has no pad token.
-        tokenizer = pad_with_eos(AutoTokenizer.from_pretrained(args.model_dir), args.model_dir)
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(args.model_dir), args.model_dir)
         model = AutoModelForSequenceClassification.from_pretrained(args.model_dir).eval()
         task = task_for(model.config.problem_type, args.threshold or getattr(model.config, "threshold", None),
                         model.config.num_labels)

@@ -37,15 +37,42 @@ class PhaseTimer:
 
 
 def training_flop_rates(model: nn.Module) -> tuple[float, float]:
-    """Forward + backward FLOPs per real token and per pair of tokens in a sequence: 6 per non-embedding weight per
-    token, plus attention scores and values, 12 x layers x hidden per pair (Kaplan et al. 2020). Count once per run:
-    training FLOPs = per_token x tokens + per_pair x sum of squared lengths."""
+    """Forward + backward FLOPs per real token and per pair of tokens in a sequence, as matrix products count them
+    (the measured peak is a matmul rate): 6 per element of every weight matrix outside the embeddings (2 forward, 4
+    backward; 4 for a frozen one, LoRA's base: no weight gradient), plus attention scores and values, 12 x layers x
+    attention width per pair (Kaplan et al. 2020; PaLM's MFU); gradient checkpointing's recomputation is not counted.
+    Count once per run: training FLOPs = per_token x tokens + per_pair x sum of squared lengths.
+
+    Left out, as elementwise work: embedding lookups, biases, norm scales, activations, softmax, masking. Counted per
+    token though applied once per row: a classification head on the pooled vector (BERT's pooler and classifier:
+    ~0.7% of bert-base's weights). GQA needs nothing special (fewer K/V weights are fewer weights; scores run over
+    every query head); gated MLPs (Llama, ModernBERT) are their matrices. DeBERTa-v2's relative attention adds, per
+    token and layer, each row's queries (c2p) and keys (p2c) against 2 x span relative positions; its projections of
+    the relative embeddings run once per forward, not per token, and are left out (~3.5% of deberta-v3-base's FLOPs at
+    8 x 256 tokens). tests/test_architectures.py checks all this against torch's FlopCounterMode per family."""
     config = model.config
-    embedding_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
-    weights = sum(p.numel() for p in model.parameters()) - embedding_weights
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    # (peft keeps the original head beside the trained copy, never run: not counted)
+    matrices = [p for name, p in model.named_parameters()
+                if p.ndim >= 2 and id(p) not in embeddings and ".original_module." not in name]
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
-    return 6 * weights, 12 * layers * hidden
+    heads, head_dim = getattr(config, "num_attention_heads", None), getattr(config, "head_dim", None)
+    width = heads * head_dim if heads and head_dim else hidden  # query heads x head size (Qwen3, Gemma: not hidden)
+    per_token = sum((6 if p.requires_grad else 4) * p.numel() for p in matrices)  # frozen (LoRA): no weight gradient
+    if getattr(config, "model_type", None) == "deberta-v2" and getattr(config, "relative_attention", False):
+        span = _deberta_relative_span(config)
+        per_token += 12 * layers * width * span * sum(kind in (config.pos_att_type or []) for kind in ("c2p", "p2c"))
+    return per_token, 12 * layers * width
+
+
+def _deberta_relative_span(config) -> int:
+    """DeBERTa-v2's relative positions on each side (its `pos_ebd_size`): the buckets, else the largest distance."""
+    buckets = getattr(config, "position_buckets", -1)
+    if buckets > 0:
+        return buckets
+    distance = getattr(config, "max_relative_positions", -1)
+    return distance if distance >= 1 else config.max_position_embeddings
 
 
 def model_flops_utilization(flop_rates: tuple[float, float], real_tokens: float, squared_lengths: float,

@@ -21,17 +21,28 @@ AUTOCAST_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 
 
 def load_tokenizer(name: str):
-    """The model's tokenizer, padding with its eos token if it has no pad token (GPT-2)."""
-    return pad_with_eos(_from_pretrained(AutoTokenizer, name), f"--model_name_or_path {name}")
+    """The model's tokenizer, prepared for classification (prepare_tokenizer)."""
+    return prepare_tokenizer(_from_pretrained(AutoTokenizer, name), f"--model_name_or_path {name}")
 
 
-def pad_with_eos(tokenizer, source: str):
-    """A tokenizer without a pad token (GPT-2) pads with its end-of-sequence token (train.py and predict.py)."""
+def prepare_tokenizer(tokenizer, source: str):
+    """A tokenizer without a pad token (GPT-2) pads with its end-of-sequence token; every tokenizer pads and truncates
+    on the right (train.py and predict.py; saved with the tokenizer, so pipeline() does the same).
+
+    Padding on the right: the model computes position ids 0..n-1 whatever the mask, so a left-padded row's tokens would
+    get shifted positions (GPT-2, BERT: another absolute position embedding; ModernBERT pools position 0, a pad), and
+    its logits would differ from the same row alone. Decoders pool their last non-pad token on either side. Truncating
+    on the right: --truncation_keep head means the head (a tokenizer made for generation may cut on the left)."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"{source}: the tokenizer has neither a pad nor an eos token to pad with")
         tokenizer.pad_token = tokenizer.eos_token
         logger.info(f"The tokenizer has no pad token: padding with its eos token {tokenizer.eos_token!r}")
+    for side in ("padding_side", "truncation_side"):
+        if getattr(tokenizer, side) != "right":
+            logger.info(f"The tokenizer's {side} is {getattr(tokenizer, side)}: right instead, so that each row keeps "
+                        "its positions and --truncation_keep its meaning")
+            setattr(tokenizer, side, "right")
     return tokenizer
 
 
@@ -106,6 +117,20 @@ def _full_attention_mask(mask_function, model, args, kwargs):
         attention_mask=padding.to(torch.bool), allow_is_causal_skip=False, allow_is_bidirectional_skip=False,
         config=model.config, device=padding.device)
     return args, kwargs | {"attention_mask": mask}
+
+
+def name_fsdp_blocks(model: nn.Module) -> str | None:
+    """FSDP (TRANSFORMER_BASED_WRAP without a class named, as configs/fsdp.yaml) wraps what the model's
+    `_no_split_modules` names. DistilBERT, ELECTRA and DeBERTa-v2 name nothing, so nothing would be wrapped but the
+    whole model: for them, the class of the items of the model's longest ModuleList (its layers). Returns the class
+    named, or None when the model names its own."""
+    if getattr(model, "_no_split_modules", None):
+        return None
+    layers = max((m for m in model.modules() if isinstance(m, nn.ModuleList)), key=len, default=None)
+    if not layers:
+        return None
+    model._no_split_modules = [type(layers[0]).__name__]
+    return model._no_split_modules[0]
 
 
 def resolve_max_length(requested: int | None, tokenizer, config) -> int:
