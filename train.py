@@ -31,8 +31,9 @@ from data import (KEEP_CHOICES, add_pair_separator, check_head_tokens, check_pai
                   rename_classes, rows_per_optimizer_step, select_subset, tokenize, train_loader)
 from metrics import ALL_METRICS, MULTI_LABEL, PROBLEM_TYPES
 from metrics.tasks import DEFAULT_THRESHOLD, task_for
+from model.lora import add_lora, lora_summary, peft_problem
 from model import (AUTOCAST_DTYPES, BUCKET_MULTIPLE, COMPILE_MODES, compile_classifier, compile_seconds, load_classifier,
-                   load_tokenizer, parameter_groups, prefer_fast_attention, prepare_attention_masks,
+                   load_tokenizer, name_fsdp_blocks, parameter_groups, prefer_fast_attention, prepare_attention_masks,
                    resolve_max_length)
 from training.checkpoints import (checkpoints_dir, config_differences, damaged_file, intact_checkpoint_advice,
                                   list_checkpoints, load_training_state, prune_checkpoints, save_checkpoint)
@@ -45,6 +46,8 @@ from training.environment import check_process_group, configure_logging, log_dis
 from training.nonfinite import NonFiniteGuard
 from training.outputs import (BEST_RECORD, check_output_dir, find_best_model, open_output_dir, output_dir_problem,
                               save_model, write_results)
+from training.model_card import (check_push_to_hub, hide_tokens, hub_model_id_problem, push_to_hub, redact,
+                                 write_model_card)
 from training.state import BestTracker, TrainState
 from training.stopping import StopSignals, exit_code, signal_name
 from training.telemetry import Telemetry, missing_trackers, trackers_for
@@ -98,6 +101,19 @@ class Config:
     model_name_or_path: str = model_flag("google-bert/bert-base-cased", resume=REPEAT)
     ignore_mismatched_sizes: bool = model_flag(False, "replace the classification head of a model fine-tuned for "
                                                       "another number of labels", resume=REPEAT)
+    lora_r: int | None = model_flag(None, "train LoRA adapters of this rank (and the head) instead of every weight "
+                                          "(needs peft); the saved model has them merged, adapter/ holds them alone",
+                                    resume=REPEAT, valid=AT_LEAST_ONE, check=peft_problem)
+    lora_alpha: float | None = model_flag(None, "LoRA's scale numerator (default: 2 x --lora_r)", resume=REPEAT,
+                                          valid=POSITIVE)
+    lora_dropout: float | None = model_flag(None, "dropout on LoRA's input (default 0)", resume=REPEAT,
+                                            valid=Range(0, 1, high_open=True))
+    lora_target_modules: tuple[str, ...] | None = model_flag(None, "the linear layers to adapt, by name (default: "
+                                                                   "peft's for the architecture, e.g. query value)",
+                                                             resume=REPEAT)
+    gradient_checkpointing: bool = model_flag(False, "recompute each layer's activations in the backward instead of "
+                                                     "keeping them: less memory, slower steps, the same numbers",
+                                              resume=MAY_CHANGE)
     per_device_train_batch_size: int = optim_flag(8, resume=REPEAT, valid=AT_LEAST_ONE)
     per_device_eval_batch_size: int | None = optim_flag(None, "default: 8 on a CPU, 64 on a GPU (evaluation runs "
                                                               "in length order, so batches pad little whatever their "
@@ -145,6 +161,13 @@ class Config:
     report_to: str = output_flag("none", "also log to these trackers (all: every one installed); TensorBoard: "
                                          "tensorboard --logdir OUTPUT_DIR/tensorboard", resume=MAY_CHANGE,
                                  choices=["none", "tensorboard", "wandb", "all"], check=missing_trackers)
+    push_to_hub: bool = output_flag(False, "at the end, upload --output_dir (its model, README.md model card, "
+                                           "metrics; not checkpoints/, best/, profile_*) to the Hub", resume=MAY_CHANGE)
+    hub_model_id: str | None = output_flag(None, "the Hub repository, NAME or NAMESPACE/NAME (default: --output_dir's "
+                                                 "folder name, in your namespace)", resume=MAY_CHANGE,
+                                           check=hub_model_id_problem)
+    hub_token: str | None = output_flag(None, "the token to push with (default: HF_TOKEN, or the one `hf auth login` "
+                                              "saved); never written to an output", resume=MAY_CHANGE)
     resume_from_checkpoint: str | None = output_flag(None, "a checkpoint folder, or 'latest' in --output_dir; "
                                                            "continues exactly where it stopped", resume=MAY_CHANGE)
     torch_compile: bool | None = speed_flag(None, "compile the model's forward (and so its backward) with "
@@ -172,7 +195,10 @@ class Config:
 
 
 def parse_args(argv=None) -> Config:
-    return parse_config(Config, sys.argv[1:] if argv is None else argv, __doc__)
+    config = parse_config(Config, sys.argv[1:] if argv is None else argv, __doc__)
+    if argv is None:  # W&B records the command line: not with --hub_token's value
+        sys.argv[1:] = hide_tokens(sys.argv[1:])
+    return config
 
 
 # ---- Data and model ----
@@ -328,6 +354,7 @@ def run_is_over(run: Run) -> bool:
 def set_up(config: Config) -> Run:
     """Processes, data, model, optimizer and schedule; and where the run starts: fresh, or exactly where a checkpoint
     left it. Bad input stops here, before --output_dir is touched."""
+    check_push_to_hub(config)  # offline or no token: stop now, not after training
     trackers = trackers_for(config.report_to)
     accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                               mixed_precision=config.mixed_precision, log_with=trackers or None,
@@ -337,6 +364,9 @@ def set_up(config: Config) -> Run:
     log_distributed_type(accelerator)
     use_the_cores(accelerator)
     with one_line_errors(config.debug):
+        if config.lora_r and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise ValueError(f"--lora_r with {accelerator.distributed_type.value}: not supported (untested; the "
+                             "merged model is saved from one process's full weights); run LoRA with DDP")
         checkpoint = check_output_dir(config)
     torch.autograd.set_detect_anomaly(config.debug)  # names the forward op behind a NaN gradient (slow: --debug only)
     set_seed(config.seed)  # before the classifier head is initialized
@@ -386,6 +416,17 @@ def prepare_training(config: Config, plan: Plan, classifier, accelerator) -> tup
     # Fused AdamW: one kernel for all parameters (MiniLM on this CPU: 8 ms a step instead of 67 ms), same update rule.
     # Sharded parameters (FSDP/DeepSpeed) keep the default implementation.
     fused = accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    with one_line_errors(config.debug):
+        if config.lora_r:
+            classifier = add_lora(classifier, config.lora_r, config.lora_alpha, config.lora_dropout or 0.0,
+                                  config.lora_target_modules)
+            logger.info(lora_summary(classifier))
+        if config.gradient_checkpointing:
+            # Non-reentrant: works with frozen inputs (LoRA) and torch.compile; the RNG is replayed, so dropout
+            # draws the same masks in the recomputation.
+            classifier.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if accelerator.distributed_type == DistributedType.FSDP and (block := name_fsdp_blocks(classifier)):
+        logger.info(f"FSDP: {type(classifier).__name__} names no blocks to wrap; wrapping each {block}")
     optimizer = torch.optim.AdamW(parameter_groups(classifier, config.weight_decay), lr=config.learning_rate,
                                   fused=fused)
     # Counted in optimizer steps across all processes. Not prepared: accelerate's wrapper steps it once per process
@@ -409,7 +450,7 @@ def run_record(config: Config, plan: Plan, data: Loaded, trackers: list[str]) ->
     (the plan's, where the plan resolves one: max_length, mixed_precision, label_names, the columns, ...), the rest of
     the plan, and the rows and trackers. A resume compares its REPEAT flags; trackers get its scalars."""
     plan_values = asdict(plan)
-    flags = {name: plan_values.get(name, value) for name, value in asdict(config).items()}
+    flags = redact({name: plan_values.get(name, value) for name, value in asdict(config).items()})  # no --hub_token
     facts = {"train_rows": len(data.train_tokens), "eval_rows": len(data.eval_tokens),
              "trackers": trackers}
     return {**flags, **{k: v for k, v in plan_values.items() if k not in flags}, **facts}
@@ -706,6 +747,7 @@ def finish(run: Run, start_time: float) -> None:
         final = run.predictions["best" if load_best else "last"]
         write_results(run.output_dir, history, run.data.task, list(run.data.eval_tokens["labels"]), final,
                       run.data.label_names)
+        write_model_card(run.output_dir, config)  # README.md, from the metrics.json just written
         accelerator.print(f"After training:\n{run.data.task.format_report(history.after)}")
         logger.info(f"Saved the model, metrics.json and log.jsonl to {run.output_dir} "
                     f"({history.runtime_seconds:.0f} s in all)")
@@ -716,6 +758,8 @@ def finish(run: Run, start_time: float) -> None:
         logger.info(f"The best evaluation's model is the final model in {run.output_dir}: no separate best/")
     accelerator.wait_for_everyone()
     end_training(run)
+    if config.push_to_hub and accelerator.is_main_process:  # last: a failed upload loses nothing already written
+        logger.info(f"Pushed {run.output_dir} to {push_to_hub(run.output_dir, config)}")
 
 
 def end_training(run: Run) -> None:

@@ -1,6 +1,7 @@
 """What the GPU scripts share (bench/gpu_check.py, bench/gpu_bench.py): child commands run from the project root with
 their output in one log, row counts scaled down for a CPU dry run, and the machine a table was measured on."""
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -33,3 +34,24 @@ def describe_machine() -> dict:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU (CPU dry run)"
     return {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
             "transformers": transformers.__version__, "accelerate": accelerate.__version__}
+
+
+def machine_name() -> str:
+    """The GPU's name, or the CPU's with the bf16 instructions that decide its bf16 speed (AMX, AVX512-BF16)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
+    flags = [flag for flag in ("amx_bf16", "avx512_bf16") if f" {flag}" in info] or ["no bf16 instructions"]
+    return f"{name} ({', '.join(flags)}), {torch.get_num_threads()} threads"
+
+
+def write_table(name: str, lines: list[str], args, rows: list) -> None:
+    """results/NAME.md (the table) and results/NAME.json (the machine, the arguments, every row)."""
+    path = ROOT / "results" / name
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    path.with_suffix(".json").write_text(json.dumps({"machine": describe_machine(), "args": vars(args), "rows": rows},
+                                                    indent=1) + "\n")
+

@@ -82,6 +82,17 @@ def tiny_bert(minilm_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_dropout(tiny_bert, tmp_path_factory) -> Path:
+    """The tiny BERT with dropout on: an exact resume must restore the RNG too, and gradient checkpointing replay it."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(tiny_bert)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.1
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, config=config)
+    return _save_tiny(model, AutoTokenizer.from_pretrained(tiny_bert), tmp_path_factory.mktemp("tiny_bert_dropout"))
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2(gpt2_tokenizer_dir, tmp_path_factory) -> Path:
     """A 2-layer GPT-2 with the real GPT-2 tokenizer, which has no pad token."""
     from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification

@@ -5,23 +5,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import kill_after_checkpoint, read_outputs, run_train
 from training.checkpoints import list_checkpoints
 from training.state import BestTracker
 from test_train import TINY, evaluate_saved, without_predictions
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_dropout(tiny_bert, tmp_path_factory):
-    """The tiny BERT with dropout on: an exact resume must restore the RNG too."""
-    config = AutoConfig.from_pretrained(tiny_bert)
-    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.1
-    out = tmp_path_factory.mktemp("tiny_bert_dropout")
-    AutoModelForSequenceClassification.from_pretrained(tiny_bert, config=config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(out)
-    return out
 
 
 def common(model, data):

@@ -145,6 +145,10 @@ def check(values: dict, config_class, parser: argparse.ArgumentParser) -> None:
         parser.error("give --num_warmup_steps or --warmup_ratio, not both")
     if (values["eval_strategy"] == "steps") != (values["eval_steps"] is not None):
         parser.error("--eval_steps goes with --eval_strategy steps, and that needs --eval_steps")
+    lora_flags = [f"--{name}" for name in ("lora_alpha", "lora_dropout", "lora_target_modules")
+                  if values[name] is not None]
+    if lora_flags and not values["lora_r"]:
+        parser.error(f"{', '.join(lora_flags)} set LoRA's adapters: give --lora_r too")
     if values["eval_strategy"] == "no" and (values["early_stopping_patience"] or values["load_best_model_at_end"]):
         parser.error("--early_stopping_patience and --load_best_model_at_end need evaluations: not --eval_strategy no")
 

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from metrics.history import History
+from model.lora import ADAPTER_DIR, is_lora, merged_state_dict
 from metrics.report import write_markdown, write_picture
 from training.checkpoints import find_checkpoint, list_checkpoints
 
@@ -38,7 +39,7 @@ def open_output_dir(output_dir: Path, overwrite: bool, resumed_step: int | None)
     """On the main process: the folder made ready and log.jsonl opened (a resumed run keeps the lines up to its
     checkpoint's step; a replaced run's checkpoints/, best/ and tensorboard/ are removed). Elsewhere: None."""
     if overwrite and resumed_step is None:
-        for stale in ("checkpoints", "best", "tensorboard"):  # a previous run's: not to be mixed with this one
+        for stale in ("checkpoints", "best", "tensorboard", ADAPTER_DIR):  # a previous run's: not to be mixed in
             shutil.rmtree(output_dir / stale, ignore_errors=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     kept = []
@@ -80,8 +81,16 @@ def final_model_is(best: dict, output_dir: Path) -> bool:
 def save_model(model, tokenizer, accelerator, directory: Path) -> None:
     """save_pretrained in a form `pipeline(model=directory)` loads; every process must call it (FSDP/DeepSpeed)."""
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP/DeepSpeed
-    accelerator.unwrap_model(model).save_pretrained(
+    unwrapped = accelerator.unwrap_model(model)
+    if is_lora(unwrapped):  # (DDP or one process only: each process holds the full weights)
+        if accelerator.is_main_process:
+            unwrapped.save_pretrained(directory / ADAPTER_DIR)  # the adapter and the head alone, for peft users
+        # The adapter merged, so pipeline() loads a plain model; built and written by the main process only.
+        state_dict = merged_state_dict(unwrapped) if accelerator.is_main_process else None
+        unwrapped = unwrapped.get_base_model()
+    else:
+        state_dict = accelerator.get_state_dict(model)  # a collective under FSDP/DeepSpeed
+    unwrapped.save_pretrained(
         directory, is_main_process=accelerator.is_main_process, save_function=accelerator.save, state_dict=state_dict
     )
     if accelerator.is_main_process:
