@@ -46,7 +46,7 @@ from training.environment import check_process_group, configure_logging, log_dis
 from training.nonfinite import NonFiniteGuard
 from training.outputs import (BEST_RECORD, check_output_dir, find_best_model, open_output_dir, output_dir_problem,
                               save_model, write_results)
-from training.model_card import (check_push_to_hub, hide_tokens, hub_model_id_problem, push_to_hub, redact,
+from training.model_card import (check_push_to_hub, create_hub_repo, hide_tokens, hub_model_id_problem, push_to_hub, redact,
                                  write_model_card)
 from training.state import BestTracker, TrainState
 from training.stopping import StopSignals, exit_code, signal_name
@@ -363,6 +363,7 @@ def set_up(config: Config) -> Run:
     configure_logging(accelerator)
     log_distributed_type(accelerator)
     use_the_cores(accelerator)
+    create_hub_repo(config, accelerator)  # a token that cannot write there: stop now too
     with one_line_errors(config.debug):
         if config.lora_r and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
             raise ValueError(f"--lora_r with {accelerator.distributed_type.value}: not supported (untested; the "

@@ -184,8 +184,8 @@ def test_pipeline_still_loads_the_folder(kind, runs):
 
 def test_push_uploads_the_folder_without_checkpoints_and_the_card_names_the_repo(runs):
     folder = runs.out / "single"
-    create, upload = runs.hub.calls[0], runs.hub.calls[1]
-    assert create == ("create_repo", "single", {"exist_ok": True, "token": TOKEN})
+    before, create, upload = runs.hub.calls[:3]  # the repository made before training, then found again to push
+    assert before == create == ("create_repo", "single", {"exist_ok": True, "token": TOKEN})
     _, options, uploaded_card = upload
     assert options == {"repo_id": "someone/single", "folder_path": folder, "ignore_patterns": list(
         model_card.PUSH_IGNORE), "token": TOKEN, "commit_message": "End of training"}
@@ -205,8 +205,8 @@ def test_a_failed_upload_keeps_the_run_and_says_how_to_retry(runs):
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: the upload to the Hub failed (connection refused); the run is complete in {folder}; retry with: "
         f"hf upload someone/my-labels {folder} . --exclude 'checkpoints/*' --exclude 'best/*' --exclude 'profile_*'")
-    assert [call[0] for call in runs.hub.calls[2:4]] == ["create_repo", "upload_folder"]
-    assert runs.hub.calls[2][2]["token"] is None  # the token `hf auth login` saved: huggingface_hub finds it
+    assert [call[0] for call in runs.hub.calls[3:6]] == ["create_repo", "create_repo", "upload_folder"]
+    assert runs.hub.calls[3][2]["token"] is None  # the token `hf auth login` saved: huggingface_hub finds it
     for name in ("model.safetensors", "config.json", "metrics.json", "eval_predictions.jsonl", "README.md"):
         assert (folder / name).is_file()
 
@@ -273,3 +273,24 @@ def test_the_token_leaves_the_command_line_once_parsed(monkeypatch):
     config = train.parse_args()
     assert config.hub_token == "hf_other" and config.seed == 3
     assert sys.argv == ["train.py", "--hub_token", "<hub_token>", "--hub_token=<hub_token>", "--seed", "3"]
+
+
+def test_a_repository_that_cannot_be_created_stops_the_run_before_any_work(tiny_bert, small_imdb, tmp_path,
+                                                                            monkeypatch):
+    """A read-only token or another's namespace: create_repo fails at the start (as the Trainer's does), one line,
+    nothing trained or written; not after the training."""
+    def refused(repo_id, **options):
+        raise PermissionError("403 Forbidden: You don't have the rights to create a model under the namespace 'org'")
+
+    monkeypatch.setattr(model_card, "constants", types.SimpleNamespace(HF_HUB_OFFLINE=False))
+    monkeypatch.setattr(model_card, "get_token", lambda: "hf_read_only")
+    monkeypatch.setattr(model_card, "create_repo", refused)
+    out = tmp_path / "out"
+    result = run_train([*[tiny_bert if arg is None else arg for arg in COMMON], "--dataset_name", small_imdb,
+                        "--output_dir", out, "--push_to_hub", "--hub_model_id", "org/model"], check=False)
+    assert result.returncode == 1 and not out.exists()
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --push_to_hub: cannot create the Hub repository org/model (403 Forbidden: You don't have the rights "
+        "to create a model under the namespace 'org'); check that the token may write there (`hf auth whoami`) and "
+        "--hub_model_id's namespace")
+    assert "Before training" not in result.stdout

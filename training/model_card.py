@@ -9,6 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from accelerate.utils import broadcast_object_list
 from huggingface_hub import (EvalResult, ModelCard, ModelCardData, constants, create_repo, get_token,
                              try_to_load_from_cache, upload_folder)
 from huggingface_hub.errors import HFValidationError
@@ -259,6 +260,28 @@ def check_push_to_hub(config) -> None:
         Parser(prog="train.py").error(problem)
 
 
+def create_hub_repo(config, accelerator) -> None:
+    """Before any work, as the Trainer does: the repository created (or found) on the main process, so that a token
+    without write access or a namespace that is not the user's stops the run now, not after training. Every process
+    gets the answer (one broadcast), so all stop together."""
+    if not config.push_to_hub:
+        return
+    problem = [None]
+    if accelerator.is_main_process:
+        try:
+            create_repo(repo_name(config), exist_ok=True, token=config.hub_token)
+        except Exception as error:  # noqa: BLE001 - HTTP, connection, auth: whatever the network raises
+            problem[0] = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    problem = broadcast_object_list(problem)[0]
+    if problem:
+        raise RunError(f"--push_to_hub: cannot create the Hub repository {repo_name(config)} ({problem}); check that "
+                       "the token may write there (`hf auth whoami`) and --hub_model_id's namespace")
+
+
+def repo_name(config) -> str:
+    return config.hub_model_id or Path(config.output_dir).absolute().name
+
+
 def retry_command(repo: str, output_dir, token_given: bool) -> str:
     excludes = [arg for pattern in PUSH_IGNORE for arg in ("--exclude", pattern)]
     return shlex.join(["hf", "upload", repo, str(output_dir), ".", *excludes,
@@ -268,7 +291,7 @@ def retry_command(repo: str, output_dir, token_given: bool) -> str:
 def push_to_hub(output_dir: Path, config) -> str:
     """Create the repo (if new) and upload output_dir less PUSH_IGNORE; the card names the repo first. The outputs are
     already written: a failure is one line with the command that retries the upload, exit code 1."""
-    repo = config.hub_model_id or Path(output_dir).absolute().name
+    repo = repo_name(config)
     try:
         repo = create_repo(repo, exist_ok=True, token=config.hub_token).repo_id  # with the namespace
         write_model_card(output_dir, config, model_id=repo)
