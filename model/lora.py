@@ -3,6 +3,8 @@ architecture, or --lora_target_modules), the classification head trained in full
 `classifier`/`score` as modules to save). The saved model is the adapter merged into a copy of the base weights, so
 `pipeline` and predict.py load it as any fine-tuned model; the adapter alone goes beside it in `adapter/`."""
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -22,6 +24,9 @@ def add_lora(classifier: nn.Module, r: int, alpha: float | None, dropout: float,
     """The classifier wrapped in peft's LoRA: only the adapters and the head train. One line if peft knows no default
     modules for this architecture and none were given."""
     import peft
+
+    # peft asks transformers' deprecated is_gradient_checkpointing (a FutureWarning per call): not the user's to fix.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     model_type = classifier.config.model_type
     if target_modules is None and model_type not in peft.utils.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
         linear = sorted({name.rsplit(".", 1)[-1] for name, module in classifier.named_modules()

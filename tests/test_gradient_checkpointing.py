@@ -38,6 +38,7 @@ def test_gradient_checkpointing_changes_no_number_and_resumes_exactly(tiny_bert_
                       tmp_path / "checkpointed" / "checkpoints" / "step_8"])
     (plain, plain_log), (with_it, log) = read_outputs(tmp_path / "plain"), read_outputs(tmp_path / "checkpointed")
     assert with_it["config"]["gradient_checkpointing"] is True
+    assert "| gradient checkpointing | on" in (tmp_path / "checkpointed" / "README.md").read_text()  # the model card
     assert len(log) == 16 and [r["loss"] for r in log] == [r["loss"] for r in plain_log]
     assert with_it["after"] == plain["after"] and weights_equal(tmp_path / "checkpointed", tmp_path / "plain")
     resumed, resumed_log = read_outputs(tmp_path / "resumed")

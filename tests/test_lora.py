@@ -184,3 +184,17 @@ def test_the_best_lora_model_comes_with_its_adapter_and_a_full_run_over_it_drops
     at = args.index("--lora_r")
     run_train(args[:at] + args[at + 2 :] + ["--overwrite_output_dir"])  # full fine-tuning
     assert (tmp_path / "model.safetensors").is_file() and not (tmp_path / "adapter").exists()
+
+
+def test_the_saved_weights_are_as_readable_as_the_other_outputs(lora_runs):
+    """safetensors writes owner-only files: the model and the adapter get the umask's mode, as config.json has."""
+    out = lora_runs["one"]
+    mode = (out / "config.json").stat().st_mode & 0o777  # (0644 under the usual umask; safetensors wrote 0600)
+    for weights in (out / "model.safetensors", out / "adapter" / "adapter_model.safetensors"):
+        assert weights.stat().st_mode & 0o777 == mode, weights
+
+
+def test_the_model_card_states_the_lora_settings(lora_runs):
+    card = (lora_runs["one"] / "README.md").read_text()
+    assert ("| LoRA | rank 4, alpha 8, dropout 0, on peft's default modules (merged into the saved weights; adapter/ "
+            "alone) |") in card

@@ -215,7 +215,12 @@ def settings(record: dict, history: History) -> list[tuple[str, str]]:
                                    f"{record['subset_seed']})"),
             ("seed", str(record["seed"]))]
     if record.get("lora_r"):
-        rows.append(("LoRA", f"rank {record['lora_r']} (merged into the saved weights)"))
+        modules = " ".join(record["lora_target_modules"] or ["peft's default modules"])
+        rows.append(("LoRA", f"rank {record['lora_r']}, alpha {record['lora_alpha'] or 2 * record['lora_r']:g}, "
+                             f"dropout {record['lora_dropout'] or 0:g}, on {modules} (merged into the saved weights; "
+                             "adapter/ alone)"))
+    if record.get("gradient_checkpointing"):
+        rows.append(("gradient checkpointing", "on (memory, not the numbers)"))
     if history.runtime_seconds is not None:
         rows.append(("run time", f"{history.runtime_seconds:,.0f} s"))
     return rows

@@ -4,6 +4,7 @@ metrics.json, eval_predictions.jsonl, report.md and report.png. Only the main pr
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -95,7 +96,17 @@ def save_model(model, tokenizer, accelerator, directory: Path) -> None:
     )
     if accelerator.is_main_process:
         tokenizer.save_pretrained(directory)
+        readable_by_all(directory)
     accelerator.wait_for_everyone()
+
+
+def readable_by_all(directory: Path) -> None:
+    """safetensors writes its files owner-only (0600); the model is shared like every other output (the umask's
+    mode, 0644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for weights in [*directory.glob("*.safetensors"), *(directory / ADAPTER_DIR).glob("*.safetensors")]:
+        weights.chmod(0o666 & ~umask)
 
 
 def write_results(output_dir: Path, history: History, task, eval_labels: list, outputs: list | None,
