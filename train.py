@@ -8,7 +8,6 @@ Top to bottom: the flags (Config); data and model; main: set up, evaluate before
 steps (forward, backward, clip, step, schedule); evaluation, checkpoints and the end of the run.
 """
 
-import json
 import math
 import shutil
 import sys
@@ -45,9 +44,9 @@ from training.config import (DEBUG_EVAL_ROWS, DEBUG_EVAL_STEPS, DEBUG_MAX_LENGTH
 from training.environment import check_process_group, configure_logging, log_distributed_type, use_the_cores
 from training.nonfinite import NonFiniteGuard
 from training.outputs import (BEST_RECORD, check_output_dir, find_best_model, open_output_dir, output_dir_problem,
-                              save_model, write_results)
-from training.model_card import (check_push_to_hub, create_hub_repo, hide_tokens, hub_model_id_problem, push_to_hub, redact,
-                                 write_model_card)
+                              save_best_model, save_model, write_results)
+from training.model_card import (check_push_to_hub, create_hub_repo, hide_tokens, hub_model_id_problem, push_to_hub,
+                                 redact, write_model_card)
 from training.state import BestTracker, TrainState
 from training.stopping import StopSignals, exit_code, signal_name
 from training.telemetry import Telemetry, missing_trackers, trackers_for
@@ -296,6 +295,7 @@ class Run:
     stop: StopSignals  # SIGTERM/SIGINT/SIGUSR1 received: checked after each step
     evaluated_at: int | None = None  # the step this process last evaluated at (not a resumed run's evaluations)
     best_dir: Path | None = None  # --load_best_model_at_end: the folder holding the best evaluation's model
+    hub_repo: str | None = None  # --push_to_hub: the repository, created before training
 
 
 def main(config: Config) -> None:
@@ -363,7 +363,7 @@ def set_up(config: Config) -> Run:
     configure_logging(accelerator)
     log_distributed_type(accelerator)
     use_the_cores(accelerator)
-    create_hub_repo(config, accelerator)  # a token that cannot write there: stop now too
+    hub_repo = create_hub_repo(config, accelerator)  # a token that cannot write there: stop now too
     with one_line_errors(config.debug):
         if config.lora_r and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
             raise ValueError(f"--lora_r with {accelerator.distributed_type.value}: not supported (untested; the "
@@ -409,7 +409,7 @@ def set_up(config: Config) -> Run:
     return Run(config, plan, accelerator, data, model, optimizer, lr_scheduler, NonFiniteGuard(optimizer, accelerator),
                eval_batches, collator, state, telemetry, record, output_dir,
                predictions={"last": None, "best": saved.get("best_outputs")}, stop=StopSignals(accelerator),
-               best_dir=best_dir)
+               best_dir=best_dir, hub_repo=hub_repo)
 
 
 def prepare_training(config: Config, plan: Plan, classifier, accelerator) -> tuple:
@@ -641,10 +641,8 @@ def evaluate_and_track(run: Run, epoch: int) -> dict:
     if state.tracker.update(metrics, epoch, state.completed_steps):
         run.predictions["best"] = run.predictions["last"]
         if run.config.load_best_model_at_end or run.config.save_best_model:  # a full copy: only when asked for
-            run.best_dir = run.output_dir / "best"
-            save_model(run.model, run.data.tokenizer, run.accelerator, run.best_dir)
-            if run.accelerator.is_main_process:  # which evaluation it is: a resume checks it is still the best
-                (run.best_dir / BEST_RECORD).write_text(json.dumps(state.tracker.best) + "\n")
+            run.best_dir = save_best_model(run.model, run.data.tokenizer, run.accelerator, run.output_dir,
+                                           state.tracker.best)
     state.history.best = best = state.tracker.best
     metric = run.plan.metric_for_best_model
     logger.info(f"step {state.completed_steps}: eval {metric} {metrics[metric]:.4f} (best {best['value']:.4f} at "
@@ -681,7 +679,6 @@ def resume(state: TrainState, checkpoint: Path, config: Config, record: dict, ac
     state.load_state_dict(saved, accelerator.process_index)
     logger.info(f"Resumed from {checkpoint}: epoch {state.epoch + 1}, step {state.completed_steps}")
     return saved
-
 
 
 def save_and_prune(run: Run, name: str) -> None:
@@ -760,7 +757,7 @@ def finish(run: Run, start_time: float) -> None:
     accelerator.wait_for_everyone()
     end_training(run)
     if config.push_to_hub and accelerator.is_main_process:  # last: a failed upload loses nothing already written
-        logger.info(f"Pushed {run.output_dir} to {push_to_hub(run.output_dir, config)}")
+        logger.info(f"Pushed {run.output_dir} to {push_to_hub(run.output_dir, config, run.hub_repo)}")
 
 
 def end_training(run: Run) -> None:

@@ -184,8 +184,9 @@ def test_pipeline_still_loads_the_folder(kind, runs):
 
 def test_push_uploads_the_folder_without_checkpoints_and_the_card_names_the_repo(runs):
     folder = runs.out / "single"
-    before, create, upload = runs.hub.calls[:3]  # the repository made before training, then found again to push
-    assert before == create == ("create_repo", "single", {"exist_ok": True, "token": TOKEN})
+    create, upload = runs.hub.calls[:2]  # the repository made once, before training; the upload at the end
+    assert create == ("create_repo", "single", {"exist_ok": True, "token": TOKEN})
+    assert upload[0] == "upload_folder"
     _, options, uploaded_card = upload
     assert options == {"repo_id": "someone/single", "folder_path": folder, "ignore_patterns": list(
         model_card.PUSH_IGNORE), "token": TOKEN, "commit_message": "End of training"}
@@ -205,8 +206,8 @@ def test_a_failed_upload_keeps_the_run_and_says_how_to_retry(runs):
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: the upload to the Hub failed (connection refused); the run is complete in {folder}; retry with: "
         f"hf upload someone/my-labels {folder} . --exclude 'checkpoints/*' --exclude 'best/*' --exclude 'profile_*'")
-    assert [call[0] for call in runs.hub.calls[3:6]] == ["create_repo", "create_repo", "upload_folder"]
-    assert runs.hub.calls[3][2]["token"] is None  # the token `hf auth login` saved: huggingface_hub finds it
+    assert [call[0] for call in runs.hub.calls[2:]] == ["create_repo", "upload_folder"]  # one creation a run
+    assert runs.hub.calls[2][2]["token"] is None  # the token `hf auth login` saved: huggingface_hub finds it
     for name in ("model.safetensors", "config.json", "metrics.json", "eval_predictions.jsonl", "README.md"):
         assert (folder / name).is_file()
 

@@ -103,7 +103,7 @@ def write_model_card(output_dir: Path, config, model_id: str | None = None) -> P
     history = History.read(Path(output_dir) / "metrics.json")
     record = history.config
     task = task_for(record["problem_type"], record["threshold"])
-    name = config.hub_model_id or Path(output_dir).absolute().name
+    name = repo_name(config)
     data = card_data(record, task, history.after, name)
     body = card_body(output_dir, record, task, history, name, model_id or str(output_dir),
                      command_line(config, record["num_processes"]))
@@ -258,29 +258,34 @@ def check_push_to_hub(config) -> None:
                    "train without --push_to_hub and upload later with `hf upload`")
     elif config.hub_token is None and get_token() is None:
         problem = "--push_to_hub needs a Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass --hub_token"
-    elif config.hub_model_id is None and not valid_repo_name(Path(config.output_dir).absolute().name):
-        problem = (f"--push_to_hub: --output_dir's name {Path(config.output_dir).absolute().name!r} is {REPO_NAME}; "
-                   "pass --hub_model_id")
+    elif config.hub_model_id is None and not valid_repo_name(repo_name(config)):
+        problem = f"--push_to_hub: --output_dir's name {repo_name(config)!r} is {REPO_NAME}; pass --hub_model_id"
     if problem:
         Parser(prog="train.py").error(problem)
 
 
-def create_hub_repo(config, accelerator) -> None:
+def create_hub_repo(config, accelerator) -> str | None:
     """Before any work, as the Trainer does: the repository created (or found) on the main process, so that a token
     without write access or a namespace that is not the user's stops the run now, not after training. Every process
-    gets the answer (one broadcast), so all stop together."""
+    gets the answer (one broadcast), so all stop together. Returns its id with the namespace (what push_to_hub
+    uploads to), or None without --push_to_hub."""
     if not config.push_to_hub:
-        return
-    problem = [None]
+        return None
+    answer = [None, None]  # the repository's id, or what went wrong
     if accelerator.is_main_process:
         try:
-            create_repo(repo_name(config), exist_ok=True, token=config.hub_token)
+            answer[0] = create_repo(repo_name(config), exist_ok=True, token=config.hub_token).repo_id
         except Exception as error:  # noqa: BLE001 - HTTP, connection, auth: whatever the network raises
-            problem[0] = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    problem = broadcast_object_list(problem)[0]
+            answer[1] = first_line(error)
+    repo, problem = broadcast_object_list(answer)
     if problem:
         raise RunError(f"--push_to_hub: cannot create the Hub repository {repo_name(config)} ({problem}); check that "
                        "the token may write there (`hf auth whoami`) and --hub_model_id's namespace")
+    return repo
+
+
+def first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def repo_name(config) -> str:
@@ -293,19 +298,16 @@ def retry_command(repo: str, output_dir, token_given: bool) -> str:
                        *(["--token", "<hub_token>"] if token_given else [])])
 
 
-def push_to_hub(output_dir: Path, config) -> str:
-    """Create the repo (if new) and upload output_dir less PUSH_IGNORE; the card names the repo first. The outputs are
-    already written: a failure is one line with the command that retries the upload, exit code 1."""
-    repo = repo_name(config)
+def push_to_hub(output_dir: Path, config, repo: str) -> str:
+    """Upload output_dir less PUSH_IGNORE to `repo` (create_hub_repo's); the card names the repo first. The outputs
+    are already written: a failure is one line with the command that retries the upload, exit code 1."""
     try:
-        repo = create_repo(repo, exist_ok=True, token=config.hub_token).repo_id  # with the namespace
         write_model_card(output_dir, config, model_id=repo)
         upload_folder(repo_id=repo, folder_path=output_dir, ignore_patterns=list(PUSH_IGNORE), token=config.hub_token,
                       commit_message="End of training")
     except Exception as error:  # noqa: BLE001 - HTTP, connection, auth, quota: whatever the network raises
         if config.debug:
             raise
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise RunError(f"the upload to the Hub failed ({reason}); the run is complete in {output_dir}; retry with: "
+        raise RunError(f"the upload to the Hub failed ({first_line(error)}); the run is complete in {output_dir}; retry with: "
                        f"{retry_command(repo, output_dir, config.hub_token is not None)}") from None
     return f"https://huggingface.co/{repo}"

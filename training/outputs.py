@@ -100,6 +100,15 @@ def save_model(model, tokenizer, accelerator, directory: Path) -> None:
     accelerator.wait_for_everyone()
 
 
+def save_best_model(model, tokenizer, accelerator, output_dir: Path, best: dict) -> Path:
+    """output_dir/best: the model, and which evaluation it is (BEST_RECORD: a resume checks it is still the best)."""
+    directory = output_dir / "best"
+    save_model(model, tokenizer, accelerator, directory)
+    if accelerator.is_main_process:
+        (directory / BEST_RECORD).write_text(json.dumps(best) + "\n")
+    return directory
+
+
 def readable_by_all(directory: Path) -> None:
     """safetensors writes its files owner-only (0600); the model is shared like every other output (the umask's
     mode, 0644 under the usual 022)."""
