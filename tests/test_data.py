@@ -238,7 +238,7 @@ def test_the_tokenized_rows_cache_key_follows_what_decides_the_tokens(minilm_dir
     rows = Dataset.from_dict({"text": ["a b c d e f", "g h"], "label": [0, 1]})
     minilm, gpt2 = AutoTokenizer.from_pretrained(minilm_dir), AutoTokenizer.from_pretrained(gpt2_tokenizer_dir)
     key = tokenized_fingerprint(rows, minilm, 64, "head", 128)
-    minilm(["a b c d e f"], truncation=True, max_length=3)
+    minilm(["a b c d e f"], truncation=True, max_length=3, padding="max_length")  # a call's state: not in the key
     assert tokenized_fingerprint(rows, minilm, 64, "head", 128) == key
     others = {tokenized_fingerprint(rows.select([0]), minilm, 64, "head", 128),
               tokenized_fingerprint(rows, minilm, 32, "head", 128), tokenized_fingerprint(rows, minilm, 64, "tail", 128),
