@@ -4,6 +4,7 @@ CPU processes (where the processes themselves are under test)."""
 
 import contextlib
 import dataclasses
+import gc
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from unittest import mock
 
 # No Hub: fail at once instead of retrying for ~25 s (read when huggingface_hub is first imported, so set it here).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -110,13 +112,19 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_train(args: list, processes: int = 1, use_cpu_group: bool = True, check: bool = True):
+def run_train(args: list, processes: int = 1, use_cpu_group: bool = True, check: bool = True,
+              report_png: bool = False):
     """Run train.py: in this process, or under `accelerate launch` when processes > 1; fail loudly with its output
-    when it fails."""
+    when it fails. In this process report.png is drawn only with `report_png` (matplotlib takes 0.25 s a picture, a
+    sixth of a tiny run: ~30 s of the suite); tests/test_report.py and test_usability.py's run check the picture."""
     if processes == 1:
         import train
+        import training.outputs
 
-        result = run_in_process(train, args)
+        with contextlib.ExitStack() as stack:
+            if not report_png:
+                stack.enter_context(mock.patch.object(training.outputs, "write_picture", lambda *args: False))
+            result = run_in_process(train, args)
     else:
         result = finish_launch(launch_train(args, processes, use_cpu_group))
     if check and result.returncode != 0:
@@ -235,3 +243,10 @@ def compiled_tiny_bert_run(tiny_bert, small_imdb, tmp_path_factory) -> CompiledR
     result = run_train(args + ["--output_dir", out, "--torch_compile"])
     unique_graphs, graph_breaks = counters["stats"]["unique_graphs"], dict(counters["graph_break"])
     return CompiledRun(args, out, *read_outputs(out), result, unique_graphs, graph_breaks)
+
+
+def pytest_collection_finish(session):
+    # The test modules have imported torch, transformers, datasets...: millions of objects that live as long as the
+    # process. Frozen, the garbage collector stops walking them on every full collection (test_tasks, test_checkpoints,
+    # test_train and test_architectures: 12.6 s of collecting, 4.4 s frozen).
+    gc.freeze()

@@ -88,7 +88,7 @@ def debug_run(tiny_bert, small_imdb, tmp_path_factory):
     pytest.importorskip("tensorboard", reason="optional dependency: pip install tensorboard")
     out = tmp_path_factory.mktemp("debug_run")
     run_train(["--model_name_or_path", tiny_bert, "--dataset_name", small_imdb, "--output_dir", out,
-               "--max_length", 64, "--learning_rate", 1e-3, "--debug", "--report_to", "tensorboard"])
+               "--max_length", 64, "--learning_rate", 1e-3, "--debug", "--report_to", "tensorboard"], report_png=True)
     return out
 
 
