@@ -3,7 +3,6 @@ helper that runs train.py as a user would: in this process (one process: seconds
 CPU processes (where the processes themselves are under test)."""
 
 import contextlib
-import dataclasses
 import gc
 import io
 import json
@@ -212,37 +211,6 @@ def read_outputs(output_dir: Path):
     metrics = json.loads((output_dir / "metrics.json").read_text())
     log = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
     return metrics, log
-
-
-# One compiled tiny-BERT run (--torch_compile on the CPU) that any test file can share: compiling costs seconds, the
-# steps after it milliseconds. Batches of many lengths (up to 256 tokens) and a short last one, in training (10 rows in
-# batches of 4, 4, 2) and in evaluation (10 rows in batches of 8, 2).
-COMPILED_RUN_ARGS = ["--train_samples", 10, "--eval_samples", 10, "--num_train_epochs", 1,
-                     "--per_device_train_batch_size", 4, "--max_length", 256, "--logging_steps", 1,
-                     "--learning_rate", 1e-3]
-
-
-@dataclasses.dataclass(frozen=True)
-class CompiledRun:
-    args: list  # train.py's arguments less --output_dir and --torch_compile: add --no-torch_compile for its eager twin
-    output_dir: Path
-    metrics: dict  # metrics.json
-    log: list  # log.jsonl: one record per step
-    result: subprocess.CompletedProcess  # exit code, stdout and stderr
-    unique_graphs: int  # dynamo's counters, read right after the run (other tests may clear them)
-    graph_breaks: dict
-
-
-@pytest.fixture(scope="session")
-def compiled_tiny_bert_run(tiny_bert, small_imdb, tmp_path_factory) -> CompiledRun:
-    from torch._dynamo.utils import counters
-
-    args = ["--model_name_or_path", tiny_bert, "--dataset_name", small_imdb, *COMPILED_RUN_ARGS]
-    out = tmp_path_factory.mktemp("compiled_tiny_bert")
-    counters.clear()
-    result = run_train(args + ["--output_dir", out, "--torch_compile"])
-    unique_graphs, graph_breaks = counters["stats"]["unique_graphs"], dict(counters["graph_break"])
-    return CompiledRun(args, out, *read_outputs(out), result, unique_graphs, graph_breaks)
 
 
 def pytest_collection_finish(session):

@@ -61,21 +61,6 @@ def test_bucketed_batches_give_the_eager_per_step_losses(tiny_bert, small_imdb, 
     assert bucketed["speed"]["eval_padding_efficiency"] < eager["speed"]["eval_padding_efficiency"]
 
 
-def test_compiled_run_gives_the_eager_per_step_losses(compiled_tiny_bert_run, tmp_path):
-    # Batches of many lengths (up to 256 tokens) and a short last one: still one graph for training, one for eval.
-    compiled = compiled_tiny_bert_run
-    assert len({round(r["tokens_per_second"] / r["samples_per_second"]) for r in compiled.log}) == 3  # 3 lengths
-    assert compiled.unique_graphs == 2 and not compiled.graph_breaks  # training, evaluation: whole
-    run_train(compiled.args + ["--output_dir", tmp_path / "eager", "--no-torch_compile"])
-    eager = read_outputs(tmp_path / "eager")[0]
-    assert compiled.metrics["config"]["torch_compile"] is True and compiled.metrics["speed"]["compile_seconds"] > 0
-    assert [r["loss"] for r in compiled.log] == pytest.approx(losses(tmp_path / "eager"), abs=1e-4)
-    assert compiled.metrics["after"]["loss"] == pytest.approx(eager["after"]["loss"], abs=1e-4)
-    # The saved model is the plain module (compiling in place keeps the parameter names).
-    saved = AutoModelForSequenceClassification.from_pretrained(compiled.output_dir)
-    assert not any("_orig_mod" in name for name, _ in saved.named_parameters())
-
-
 @pytest.mark.parametrize("asked_for", [False, True])
 def test_a_compiler_failure_falls_back_to_eager_only_when_compiling_by_default(asked_for, monkeypatch):
     import torch._inductor.compile_fx

@@ -37,6 +37,7 @@ import transformers
 from torch._dynamo.utils import counters
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import AutoModelForSequenceClassification
 
 import train
 from conftest import read_outputs, run_train
@@ -226,7 +227,9 @@ class _FunctionAudit(TorchFunctionMode):
 
 # ---- The runs under audit ----
 
-EVAL_ROWS, EVAL_BATCH, STEPS, LOGGING_STEPS = 24, 8, 16, 5
+# 62 rows of up to 256 tokens in 16 steps of 4 (the last of 2), logging every 5th step and the last; 21 eval rows in
+# batches of 8, 8 and 5: many lengths and short last batches, which the compiled run takes in one graph each.
+TRAIN_ROWS, EVAL_ROWS, EVAL_BATCH, STEPS, LOGGING_STEPS = 62, 21, 8, 16, 5
 EVAL_BATCHES = -(-EVAL_ROWS // EVAL_BATCH)
 # evaluate() keeps each batch's gathered results on the device and reads them after its last batch: four copies to
 # the host, then two .numpy() and one .item() of tensors already there (none of those three waits for a GPU).
@@ -234,19 +237,24 @@ EVAL_END_SYNC_POINTS = 7
 LOGGING_STEP_COUNT = len(range(LOGGING_STEPS, STEPS + 1, LOGGING_STEPS)) + (STEPS % LOGGING_STEPS != 0)  # + the last
 
 
-def audited_run(model_dir, data_dir, output_dir, monkeypatch, compiled: bool = False) -> tuple[HostReads, int]:
-    """train.py in this process, 16 steps of 4 rows (logging every 5th and the last), an evaluation before and one at
-    the end; every host read recorded. Returns the audit and the number of evaluations."""
+def audited_args(model_dir, data_dir) -> list:
+    """train.py's arguments for the runs under audit, less --output_dir and --torch_compile."""
+    return ["--model_name_or_path", model_dir, "--dataset_name", data_dir, "--train_samples", TRAIN_ROWS,
+            "--eval_samples", EVAL_ROWS, "--per_device_train_batch_size", 4, "--per_device_eval_batch_size",
+            EVAL_BATCH, "--max_length", 256, "--num_train_epochs", 1, "--logging_steps", LOGGING_STEPS,
+            "--learning_rate", 1e-3]
+
+
+def audited_run(model_dir, data_dir, output_dir, compiled: bool = False) -> tuple[HostReads, int]:
+    """train.py in this process, an evaluation before training and one at the end; every host read recorded. Returns
+    the audit and the number of evaluations."""
     evaluations = []
     real_evaluate = train.evaluate
-    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: evaluations.append(1) or real_evaluate(*args,
-                                                                                                        **kwargs))
-    args = ["--model_name_or_path", model_dir, "--dataset_name", data_dir, "--train_samples", 64, "--eval_samples",
-            EVAL_ROWS, "--per_device_train_batch_size", 4, "--per_device_eval_batch_size", EVAL_BATCH, "--max_length",
-            64, "--max_train_steps", STEPS, "--logging_steps", LOGGING_STEPS, "--output_dir", output_dir,
-            "--torch_compile" if compiled else "--no-torch_compile"]
-    with HostReads(compiled=compiled) as audit:
-        run_train(args)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "evaluate", lambda *args, **kwargs: evaluations.append(1) or real_evaluate(*args, **kwargs))
+        with HostReads(compiled=compiled) as audit:
+            run_train(audited_args(model_dir, data_dir) + ["--output_dir", output_dir,
+                                                            "--torch_compile" if compiled else "--no-torch_compile"])
     return audit, len(evaluations)
 
 
@@ -277,9 +285,8 @@ def check_run(audit: HostReads, evaluations: int) -> None:
 
 
 @pytest.mark.parametrize("model", ["tiny_bert", "tiny_gpt2"])
-def test_the_eager_step_reads_nothing_and_evaluation_once_per_batch(model, request, small_imdb, tmp_path,
-                                                                   monkeypatch):
-    audit, evaluations = audited_run(request.getfixturevalue(model), small_imdb, tmp_path / "out", monkeypatch)
+def test_the_eager_step_reads_nothing_and_evaluation_once_per_batch(model, request, small_imdb, tmp_path):
+    audit, evaluations = audited_run(request.getfixturevalue(model), small_imdb, tmp_path / "out")
     check_run(audit, evaluations)
 
 
@@ -288,8 +295,6 @@ TEXTS = ["A wonderful film.", "Dull, and far too long for what it had to say abo
 
 
 def classifier_and_tokenizer(model_dir):
-    from transformers import AutoModelForSequenceClassification
-
     from model import load_tokenizer
 
     tokenizer = load_tokenizer(str(model_dir))  # GPT-2: pads with eos
@@ -359,7 +364,7 @@ TINY = {"bert": {}, "roberta": {}, "xlm-roberta": {}, "electra": {"embedding_siz
 def test_the_prepared_mask_gives_the_models_own_logits(model_type):
     """For every model type prepare_attention_masks knows, padded and unpadded batches (right and left padding) give
     exactly the logits of the model's own mask path -- and no read."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     from model import prepare_attention_masks
 
@@ -397,7 +402,27 @@ def test_other_models_keep_their_own_mask_path():
 
 # ---- Compiled ----
 
-def test_the_compiled_step_reads_nothing_and_compiles_whole(tiny_bert, small_imdb, tmp_path, monkeypatch):
+@dataclasses.dataclass(frozen=True)
+class CompiledRun:
+    output_dir: Path
+    audit: HostReads
+    evaluations: int
+    unique_graphs: int  # dynamo's counters, read right after the run (other tests clear them)
+    graph_breaks: dict
+
+
+@pytest.fixture(scope="module")
+def compiled_run(tiny_bert, small_imdb, tmp_path_factory) -> CompiledRun:
+    """The suite's one compiled training run in this process, audited, shared by the tests below: a compile takes
+    ~15 s with a cold cache (as on a fresh machine), and an audited compile does not hit the cache a plain one fills."""
+    torch._dynamo.reset()
+    counters.clear()
+    out = tmp_path_factory.mktemp("compiled")
+    audit, evaluations = audited_run(tiny_bert, small_imdb, out, compiled=True)
+    return CompiledRun(out, audit, evaluations, counters["stats"]["unique_graphs"], dict(counters["graph_break"]))
+
+
+def test_the_compiled_step_reads_nothing_and_compiles_whole(compiled_run):
     """One compiled run (training and evaluation graphs) and a compiled predict. The audit sees what runs eagerly; the
     graphs themselves cannot hold a read: with dynamo's defaults below a data-dependent op breaks the graph, and there
     is no graph break."""
@@ -405,17 +430,30 @@ def test_the_compiled_step_reads_nothing_and_compiles_whole(tiny_bert, small_imd
 
     assert not torch._dynamo.config.capture_scalar_outputs  # .item() would break the graph, not enter it
     assert not torch._dynamo.config.capture_dynamic_output_shape_ops  # nonzero, masked_select: the same
-    torch._dynamo.reset()
-    counters.clear()
-    audit, evaluations = audited_run(tiny_bert, small_imdb, tmp_path / "out", monkeypatch, compiled=True)
-    assert read_outputs(tmp_path / "out")[0]["config"]["torch_compile"] is True
-    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"], dict(counters["graph_break"])
-    check_run(audit, evaluations)
+    assert read_outputs(compiled_run.output_dir)[0]["config"]["torch_compile"] is True
+    # Batches of many lengths and short last ones: still one graph for training, one for evaluation, each whole.
+    assert compiled_run.unique_graphs == 2 and not compiled_run.graph_breaks, compiled_run.graph_breaks
+    check_run(compiled_run.audit, compiled_run.evaluations)
 
-    model, tokenizer = classifier_and_tokenizer(tmp_path / "out")
+    model, tokenizer = classifier_and_tokenizer(compiled_run.output_dir)
     eager = check_predict(model, tokenizer)
+    counters.clear()
     compile_classifier(model, "default", fall_back_to_eager=False)
     compiled = check_predict(model, tokenizer, compiled=True)
     assert not counters["graph_break"]  # (its last batch has one row: a graph of its own)
     assert torch.allclose(compiled, eager, atol=1e-6)
     torch._dynamo.reset()
+
+
+def test_the_compiled_run_gives_the_eager_per_step_losses(compiled_run, tiny_bert, small_imdb, tmp_path):
+    run_train(audited_args(tiny_bert, small_imdb) + ["--output_dir", tmp_path / "eager", "--no-torch_compile"])
+    (compiled, compiled_log), (eager, eager_log) = read_outputs(compiled_run.output_dir), read_outputs(tmp_path / "eager")
+    assert compiled["speed"]["compile_seconds"] > 0 and eager["config"]["torch_compile"] is False
+    assert len({round(r["tokens_per_second"] / r["samples_per_second"]) for r in compiled_log}) == 4  # 4 lengths
+    # Each logged loss is the mean of its 5 steps (the last: 1): a step that differed would show.
+    assert [r["step"] for r in compiled_log] == [5, 10, 15, 16]
+    assert [r["loss"] for r in compiled_log] == pytest.approx([r["loss"] for r in eager_log], abs=1e-4)
+    assert compiled["after"]["loss"] == pytest.approx(eager["after"]["loss"], abs=1e-4)
+    # The saved model is the plain module (compiling in place keeps the parameter names).
+    saved = AutoModelForSequenceClassification.from_pretrained(compiled_run.output_dir)
+    assert not any("_orig_mod" in name for name, _ in saved.named_parameters())
