@@ -92,13 +92,11 @@ def test_a_stop_signal_saves_the_step_in_progress_and_the_resumed_run_is_the_sam
 
 def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(uninterrupted, tmp_path):
     """SIGTERM to the second process only: both agree at the next logging step (every 4 steps here), save one
-    checkpoint together and exit; resumed on 2 processes, the run ends exactly as the uninterrupted 2-process run
-    (each process's loss sums restored to it: the epoch losses to the last digit), and as one process ran it (to 1e-4:
-    no dropout)."""
+    checkpoint together and exit; resumed on 2 processes, the run ends as one process ran it uninterrupted (to 1e-4:
+    no dropout; each process's loss sums given back to it: tests/test_checkpoints.py's unit test, exact)."""
     args, full = uninterrupted
     two = [*args, "--per_device_train_batch_size", 1]  # 2 processes x 1 row = 1 process x 2 rows
     out = tmp_path / "two"
-    uninterrupted_two = launch_train(two + ["--output_dir", tmp_path / "two_full"], 2)  # side by side
     launcher = launch_train(two + ["--output_dir", out], 2)
     wait_for_log_lines(out, 2, launcher)
     workers = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
@@ -111,14 +109,13 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(uninterrup
     assert "stopped by SIGTERM at step" in result.stderr
 
     finish_launch(launch_train(two + ["--output_dir", out, "--resume_from_checkpoint", "latest"], 2), check=True)
-    finish_launch(uninterrupted_two, check=True)
-    (resumed, _), (whole, _) = read_outputs(out), read_outputs(tmp_path / "two_full")
-    assert resumed["epochs"] == whole["epochs"] and resumed["after"] == whole["after"]
-    assert comparable(out) == comparable(tmp_path / "two_full")
+    (resumed, _), (whole, _) = read_outputs(out), read_outputs(full)
+    assert [e["train_loss"] for e in resumed["epochs"]] == pytest.approx([e["train_loss"] for e in whole["epochs"]],
+                                                                         abs=1e-4)
     (after, log), (full_after, full_log) = comparable(out), comparable(full)
     assert [step for step, _, _ in log] == [step for step, _, _ in full_log]
     assert [loss for _, loss, _ in log] == pytest.approx([loss for _, loss, _ in full_log], abs=1e-4)
-    assert after["accuracy"] == full_after["accuracy"]
+    assert after["loss"] == pytest.approx(full_after["loss"], abs=1e-4) and after["accuracy"] == full_after["accuracy"]
 
 
 # ---- Runs that used to die at the finish, and predict.py's input ----

@@ -1,5 +1,6 @@
-"""Real 2-process launches on the CPU (gloo): the same metrics, losses and schedule as one process, one writer, eager
-and with DDP + torch.compile (what several GPUs run by default)."""
+"""Real 2-process launches on the CPU (gloo): the same metrics, losses and schedule as one process, one writer, with DDP +
+torch.compile (what several GPUs run by default). Eager 2-process runs (the CPU's default) are in test_faults.py (a
+signal and a resume), test_tasks.py (regression, multi-label) and test_lora.py."""
 
 import pytest
 
@@ -9,24 +10,20 @@ from test_train import TINY, evaluate_saved, without_predictions
 
 @pytest.fixture(scope="module")
 def one_and_two(tiny_bert, small_imdb, tmp_path_factory):
-    """1 eager process x batch 8, and 2 processes x batch 4 eager (the CPU's default) and compiled (DDP + compile,
-    several GPUs' default): the same global batches. 101 eval rows do not divide by 2 x 8."""
+    """1 eager process x batch 8, and 2 processes x batch 4 with DDP + torch.compile: the same global batches. 101 eval
+    rows do not divide by 2 x 8."""
     out = tmp_path_factory.mktemp("one_and_two")
     common = ["--model_name_or_path", tiny_bert, "--dataset_name", small_imdb, "--train_samples", 60,
               "--eval_samples", 0, "--per_device_eval_batch_size", 8, "--num_train_epochs", 2,
               "--learning_rate", 1e-3, *TINY]
     run_train(common + ["--output_dir", out / "one", "--per_device_train_batch_size", 8])
-    run_train(common + ["--output_dir", out / "two", "--per_device_train_batch_size", 4], processes=2)
-    compiled = run_train(common + ["--output_dir", out / "two_compiled", "--per_device_train_batch_size", 4,
+    compiled = run_train(common + ["--output_dir", out / "two", "--per_device_train_batch_size", 4,
                                    "--torch_compile"], processes=2)
-    runs = {name: read_outputs(out / name) for name in ("one", "two", "two_compiled")}
-    return runs, out, compiled.stderr
+    return read_outputs(out / "one"), read_outputs(out / "two"), out, compiled.stderr
 
 
-@pytest.mark.parametrize("two_processes", ["two", "two_compiled"])
-def test_eval_metrics_are_identical_under_two_processes(one_and_two, two_processes):
-    runs, _, _ = one_and_two
-    (one, _), (two, _) = runs["one"], runs[two_processes]
+def test_eval_metrics_are_identical_under_two_processes(one_and_two):
+    (one, _), (two, _), _, _ = one_and_two
     assert two["config"]["num_processes"] == 2
     assert two["before"]["rows"] == one["before"]["rows"] == 101  # no row duplicated or dropped
     for key in ("accuracy", "f1", "precision", "recall"):
@@ -34,10 +31,8 @@ def test_eval_metrics_are_identical_under_two_processes(one_and_two, two_process
     assert two["before"]["loss"] == pytest.approx(one["before"]["loss"], abs=1e-6)
 
 
-@pytest.mark.parametrize("two_processes", ["two", "two_compiled"])
-def test_training_is_the_same_steps_as_one_process(one_and_two, two_processes):
-    runs, _, _ = one_and_two
-    (one, one_log), (two, two_log) = runs["one"], runs[two_processes]
+def test_training_is_the_same_steps_as_one_process(one_and_two):
+    (one, one_log), (two, two_log), _, _ = one_and_two
     assert [r["step"] for r in two_log] == [r["step"] for r in one_log] == list(range(1, 17))  # one writer
     assert [r["loss"] for r in two_log] == pytest.approx([r["loss"] for r in one_log], abs=1e-4)
     assert [r["learning_rate"] for r in two_log] == pytest.approx([r["learning_rate"] for r in one_log], rel=1e-6)
@@ -47,16 +42,14 @@ def test_training_is_the_same_steps_as_one_process(one_and_two, two_processes):
 
 
 def test_two_process_model_reloads_in_one_process_with_its_metrics(one_and_two, small_imdb):
-    runs, out, _ = one_and_two
-    two, _ = runs["two"]
+    _, (two, _), out, _ = one_and_two
     assert without_predictions(evaluate_saved(out / "two", small_imdb, 0, 64)) == pytest.approx(two["after"], rel=1e-5)
 
 
 def test_compiled_under_two_processes_compiles_the_inner_model_whole(one_and_two):
     """DDP + torch.compile: the inner model's forward is compiled, so DDP's own forward (buffer broadcasts) does not
     break the graph (the steps are the eager single process's: the tests above)."""
-    runs, _, stderr = one_and_two
-    two, _ = runs["two_compiled"]
+    _, (two, _), _, stderr = one_and_two
     assert two["config"]["torch_compile"] is True and two["speed"]["compile_seconds"] > 0
     assert "does not know how to trace" not in stderr and "Graph break" not in stderr
 
