@@ -26,18 +26,17 @@ def test_mcnemar_counts_disagreements_and_gives_the_exact_p_value():
     assert mcnemar(truth, a, a)["p_value"] == 1.0
 
 
-def test_cli_reads_predict_outputs_and_refuses_files_without_labels(tmp_path):
+def test_cli_reads_predict_outputs_and_refuses_files_without_labels(tmp_path, capsys):
     def write(name, labels, truth=True):
         rows = [{"index": i, "label": label} | ({"true_label": "pos"} if truth else {}) for i, label in enumerate(labels)]
         (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in reversed(rows)))  # order by index
         return str(tmp_path / name)
 
     a, b = write("a.jsonl", ["pos", "neg", "neg", "neg"]), write("b.jsonl", ["pos", "pos", "pos", "neg"])
-    result = subprocess.run([sys.executable, "-m", "metrics.compare", a, b], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout.splitlines()[-1])
+    main([a, b])
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert (summary["accuracy_a"], summary["accuracy_b"], summary["only_b_right"], summary["p_value"]) == (0.25, 0.75, 2, 0.5)
-    bare = write("bare.jsonl", ["pos"], truth=False)
+    bare = write("bare.jsonl", ["pos"], truth=False)  # python -m metrics.compare: its exit code and one line
     result = subprocess.run([sys.executable, "-m", "metrics.compare", a, bare], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {bare}: no true_label; write it with predict.py --evaluate --output_file {bare}"
