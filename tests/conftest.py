@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -117,18 +118,22 @@ def run_train(args: list, processes: int = 1, use_cpu_group: bool = True, check:
     when it fails. In this process report.png is drawn only with `report_png` (matplotlib takes 0.25 s a picture, a
     sixth of a tiny run: ~30 s of the suite); tests/test_report.py and test_usability.py's run check the picture."""
     if processes == 1:
-        import train
-        import training.outputs
-
-        with contextlib.ExitStack() as stack:
-            if not report_png:
-                stack.enter_context(mock.patch.object(training.outputs, "write_picture", lambda *args: False))
-            result = run_in_process(train, args)
+        result = _train_here(args, report_png)
     else:
         result = finish_launch(launch_train(args, processes, use_cpu_group))
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
+
+
+def _train_here(args: list, report_png: bool = False) -> subprocess.CompletedProcess:
+    import train
+    import training.outputs
+
+    with contextlib.ExitStack() as stack:
+        if not report_png:
+            stack.enter_context(mock.patch.object(training.outputs, "write_picture", lambda *args: False))
+        return run_in_process(train, args)
 
 
 def launch_train(args: list, processes: int, use_cpu_group: bool = True) -> subprocess.Popen:
@@ -144,7 +149,57 @@ def launch_train(args: list, processes: int, use_cpu_group: bool = True) -> subp
                             stderr=subprocess.PIPE, text=True)
 
 
-def finish_launch(process: subprocess.Popen, check: bool = False) -> subprocess.CompletedProcess:
+class ForkedTrain:
+    """What `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N --num_cpu_threads_per_process 1
+    train.py ARGS` runs, as N processes forked from this one: the same gloo group, ranks and one thread each, without
+    each process importing torch and transformers again (~4 s a process, and the launcher's ~1 s). For tests of
+    training under N processes; tests of the launcher or of a process's signals start the real one (launch_train).
+    Eager runs only: a fork does not take this process's compile workers along. Started at once; finish_launch waits."""
+
+    def __init__(self, args: list, processes: int):
+        self.args = [str(arg) for arg in args]
+        self.returncode = None
+        port = str(_free_port())
+        self._children = []  # (pid, the file its stdout and stderr come back in)
+        for rank in range(processes):
+            output = tempfile.TemporaryFile()
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    os.environ.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
+                                      MASTER_PORT=port, RANK=str(rank), LOCAL_RANK=str(rank),
+                                      WORLD_SIZE=str(processes), LOCAL_WORLD_SIZE=str(processes))
+                    torch.set_num_threads(1)  # the launcher's one thread; OpenMP's pool would not survive the fork
+                    result = _train_here(self.args)
+                    output.write(json.dumps([result.stdout, result.stderr]).encode())
+                    output.flush()
+                    code = result.returncode
+                finally:
+                    os._exit(code)  # not this process's exit handlers (pytest's)
+            self._children.append((pid, output))
+
+    def communicate(self, timeout: float) -> tuple[str, str]:
+        deadline = time.time() + timeout
+        codes, stdout, stderr = [], "", ""
+        for pid, output in self._children:
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+                if time.time() > deadline:
+                    for other, _ in self._children:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(other, signal.SIGKILL)
+                    raise subprocess.TimeoutExpired(self.args, timeout)
+                time.sleep(0.01)
+            codes.append(os.waitstatus_to_exitcode(done[1]))
+            output.seek(0)
+            printed = output.read()
+            out, err = json.loads(printed) if printed else ("", "")
+            stdout, stderr = stdout + out, stderr + err
+        self.returncode = next((code for code in codes if code != 0), 0)
+        return stdout, stderr
+
+
+def finish_launch(process: subprocess.Popen | ForkedTrain, check: bool = False) -> subprocess.CompletedProcess:
     stdout, stderr = process.communicate(timeout=600)
     result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     if check and result.returncode != 0:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, finish_launch, launch_train, read_outputs, run_train
+from conftest import ROOT, ForkedTrain, finish_launch, launch_train, read_outputs, run_train
 from training.checkpoints import list_checkpoints
 
 ARGS = ["--train_samples", 0, "--eval_samples", 48, "--per_device_train_batch_size", 2, "--num_train_epochs", 2,
@@ -108,7 +108,7 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(uninterrup
     assert len(saved) == 1 and int(saved[0].split("_")[1]) % 4 == 0  # a logging step: where the processes agree
     assert "stopped by SIGTERM at step" in result.stderr
 
-    finish_launch(launch_train(two + ["--output_dir", out, "--resume_from_checkpoint", "latest"], 2), check=True)
+    finish_launch(ForkedTrain(two + ["--output_dir", out, "--resume_from_checkpoint", "latest"], 2), check=True)
     (resumed, _), (whole, _) = read_outputs(out), read_outputs(full)
     assert [e["train_loss"] for e in resumed["epochs"]] == pytest.approx([e["train_loss"] for e in whole["epochs"]],
                                                                          abs=1e-4)

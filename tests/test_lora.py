@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import finish_launch, launch_train, read_outputs, run_train
+from conftest import ForkedTrain, finish_launch, read_outputs, run_train
 from test_train import evaluate_saved, without_predictions
 
 peft = pytest.importorskip("peft", reason="LoRA needs peft (pip install peft)")
@@ -23,10 +23,10 @@ def lora_args(model, data) -> list:
 
 @pytest.fixture(scope="module")
 def lora_runs(tiny_bert, small_imdb, tmp_path_factory) -> dict:
-    """One process x 4 rows with a checkpoint at step 8, and 2 processes x 2 rows (launched alongside)."""
+    """One process x 4 rows with a checkpoint at step 8, and 2 processes x 2 rows (started alongside)."""
     out = tmp_path_factory.mktemp("lora")
     args = lora_args(tiny_bert, small_imdb)
-    two = launch_train(args + ["--output_dir", out / "two", "--per_device_train_batch_size", 2], 2)
+    two = ForkedTrain(args + ["--output_dir", out / "two", "--per_device_train_batch_size", 2], 2)
     one = run_train(args + ["--output_dir", out / "one", "--per_device_train_batch_size", 4,
                             "--checkpointing_steps", 8])
     finish_launch(two, check=True)

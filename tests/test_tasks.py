@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from transformers import pipeline
 
 import predict as predict_module
-from conftest import (SHARED, finish_launch, kill_after_checkpoint, launch_train, read_outputs, require, run_in_process,
-                      run_train)
+from conftest import (SHARED, ForkedTrain, finish_launch, kill_after_checkpoint, read_outputs, require,
+                      run_in_process, run_train)
 from metrics import task_for
 
 GLUE_DIR = Path(os.environ.get("TEST_GLUE_DIR", SHARED / "data"))
@@ -506,12 +506,12 @@ def test_a_config_file_gives_several_label_columns_and_a_threshold(tmp_path):
 
 @pytest.fixture(scope="module")
 def two_processes(tiny_bert, data, tmp_path_factory) -> dict:
-    """Regression and multi-label, each as 2 processes x 4 rows, launched together. Eager: what is particular to a kind
+    """Regression and multi-label, each as 2 processes x 4 rows, started together. Eager: what is particular to a kind
     under several processes (its gathered outputs, its loss's weighting) is outside the compiled forward, whose graph
     differs between kinds only in the head's width; DDP + torch.compile is tested in test_multiprocess.py."""
     out = tmp_path_factory.mktemp("two_processes")
-    launches = [launch_train(args_for(kind, tiny_bert, data) + ["--output_dir", out / kind,
-                                                                "--per_device_train_batch_size", 4], 2)
+    launches = [ForkedTrain(args_for(kind, tiny_bert, data) + ["--output_dir", out / kind,
+                                                               "--per_device_train_batch_size", 4], 2)
                 for kind in ("regression", "multi_label")]
     for process in launches:
         finish_launch(process, check=True)
