@@ -7,6 +7,7 @@ import gc
 import io
 import json
 import os
+import runpy
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -234,11 +236,24 @@ def run_in_process(module, args: list, stdin: str | None = None) -> subprocess.C
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     args = [str(arg) for arg in args]
+    return _as_a_process(lambda: module.main(module.parse_args(args)), args, stdin)
+
+
+def run_module(name: str, args: list) -> subprocess.CompletedProcess:
+    """`python -m NAME ARGS` in this process: the module run as `__main__` (runpy, as -m runs it), with what it prints
+    and the exit code a process would have."""
+    args = [str(arg) for arg in args]
+    with mock.patch.object(sys, "argv", [name, *args]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: "found in sys.modules" (the tests imported it)
+        return _as_a_process(lambda: runpy.run_module(name, run_name="__main__"), args)
+
+
+def _as_a_process(main, args: list, stdin: str | None = None) -> subprocess.CompletedProcess:
     out, err = io.StringIO(), io.StringIO()
     code = 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _stdin(stdin):
         try:
-            module.main(module.parse_args(args))
+            main()
         except SystemExit as stop:
             if isinstance(stop.code, str):
                 print(stop.code, file=sys.stderr)

@@ -2,13 +2,11 @@
 Wilcoxon's signed-rank test on the absolute errors (regression)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 from scipy.stats import wilcoxon
 
-from conftest import ROOT
+from conftest import run_module
 from metrics.compare import compare, main, mcnemar, paired_errors
 
 
@@ -37,7 +35,7 @@ def test_cli_reads_predict_outputs_and_refuses_files_without_labels(tmp_path, ca
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert (summary["accuracy_a"], summary["accuracy_b"], summary["only_b_right"], summary["p_value"]) == (0.25, 0.75, 2, 0.5)
     bare = write("bare.jsonl", ["pos"], truth=False)  # python -m metrics.compare: its exit code and one line
-    result = subprocess.run([sys.executable, "-m", "metrics.compare", a, bare], cwd=ROOT, capture_output=True, text=True)
+    result = run_module("metrics.compare", [a, bare])
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {bare}: no true_label; write it with predict.py --evaluate --output_file {bare}"
 

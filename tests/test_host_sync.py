@@ -290,8 +290,10 @@ def test_the_eager_step_reads_nothing_and_evaluation_once_per_batch(model, reque
     check_run(audit, evaluations)
 
 
+# Three batches of 2: a compiled predict's one graph is the training run's evaluation graph, from the compile cache (a
+# batch of 1 would be a graph of its own: 1 is a size dynamo specializes on).
 TEXTS = ["A wonderful film.", "Dull, and far too long for what it had to say about anything at all.", "Fine.",
-         "The cast is good but the script wanders.", "No."]
+         "The cast is good but the script wanders.", "No.", "Two hours I will not get back."]
 
 
 def classifier_and_tokenizer(model_dir):
@@ -440,7 +442,7 @@ def test_the_compiled_step_reads_nothing_and_compiles_whole(compiled_run):
     counters.clear()
     compile_classifier(model, "default", fall_back_to_eager=False)
     compiled = check_predict(model, tokenizer, compiled=True)
-    assert not counters["graph_break"]  # (its last batch has one row: a graph of its own)
+    assert not counters["graph_break"]
     assert torch.allclose(compiled, eager, atol=1e-6)
     torch._dynamo.reset()
 

@@ -3,14 +3,13 @@ built by hand: six eval rows, evaluations at steps 1-4, metrics from metrics.tas
 
 import json
 import struct
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
-from conftest import ROOT
+from conftest import run_module
 from metrics import report
 from metrics.history import History
 from metrics.tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL, task_for
@@ -183,8 +182,7 @@ def test_python_m_metrics_report_draws_a_regression_run_again_from_its_predictio
     finished_run(tmp_path, REGRESSION)
     markdown, png = (tmp_path / "report.md").read_text(), (tmp_path / "report.png").read_bytes()
     (tmp_path / "report.md").unlink(), (tmp_path / "report.png").unlink()
-    result = subprocess.run([sys.executable, "-m", "metrics.report", str(tmp_path)], cwd=ROOT, capture_output=True,
-                            text=True)
+    result = run_module("metrics.report", [tmp_path])
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"wrote {tmp_path / 'report.md'} and {tmp_path / 'report.png'}\n"
     assert (tmp_path / "report.md").read_text() == markdown and (tmp_path / "report.png").read_bytes() == png
