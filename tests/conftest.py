@@ -1,12 +1,15 @@
-"""Shared fixtures: the local stand-ins for the Hub (skipped with a reason when missing), tiny from-config models, and a
-helper that runs train.py as a user would: in this process (one process: seconds), or under `accelerate launch` with N
-CPU processes (where the processes themselves are under test)."""
+"""Shared fixtures: the local stand-ins for the Hub (skipped with a reason when missing), tiny from-config models, and
+helpers that run train.py as a user would: in this process (one process: seconds), as N processes forked from this one
+(ForkedTrain: training under N processes), or under `accelerate launch` with N CPU processes (where the launcher or the
+processes themselves are under test)."""
 
 import contextlib
 import gc
 import io
 import json
+import logging
 import os
+import random
 import runpy
 import signal
 import socket
@@ -23,9 +26,13 @@ from unittest import mock
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+tqdm.monitor_interval = 0  # no monitor thread: a fork (ForkedTrain) could copy its lock held
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -118,7 +125,8 @@ def run_train(args: list, processes: int = 1, use_cpu_group: bool = True, check:
               report_png: bool = False):
     """Run train.py: in this process, or under `accelerate launch` when processes > 1; fail loudly with its output
     when it fails. In this process report.png is drawn only with `report_png` (matplotlib takes 0.25 s a picture, a
-    sixth of a tiny run: ~30 s of the suite); tests/test_report.py and test_usability.py's run check the picture."""
+    sixth of a tiny run: ~30 s of the suite): tests/test_report.py checks pictures of each kind; a usability run, each
+    kind's run in test_tasks.py, a resumed run and the fine-tune draw theirs."""
     if processes == 1:
         result = _train_here(args, report_png)
     else:
@@ -155,49 +163,69 @@ class ForkedTrain:
     """What `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N --num_cpu_threads_per_process 1
     train.py ARGS` runs, as N processes forked from this one: the same gloo group, ranks and one thread each, without
     each process importing torch and transformers again (~4 s a process, and the launcher's ~1 s). For tests of
-    training under N processes; tests of the launcher or of a process's signals start the real one (launch_train).
-    Eager runs only: a fork does not take this process's compile workers along. Started at once; finish_launch waits."""
+    training under N processes; tests of the launcher, of a process's signals or of its exit start the real one
+    (launch_train): a forked rank leaves with os._exit, skipping the interpreter's shutdown. Eager runs on the CPU only:
+    a fork takes neither this process's compile workers nor an initialized CUDA along. Started at once; finish_launch
+    waits. If a rank fails, the others get GRACE_SECONDS to finish, then are killed (as the launcher stops them)."""
+
+    GRACE_SECONDS = 10
 
     def __init__(self, args: list, processes: int):
         self.args = [str(arg) for arg in args]
+        assert "--torch_compile" not in self.args and not torch.cuda.is_initialized(), "use launch_train"
         self.returncode = None
         port = str(_free_port())
-        self._children = []  # (pid, the file its stdout and stderr come back in)
+        self._children = {}  # pid: the file its stdout and stderr come back in
         for rank in range(processes):
             output = tempfile.TemporaryFile()
             pid = os.fork()
             if pid == 0:
-                code = 1
-                try:
-                    os.environ.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
-                                      MASTER_PORT=port, RANK=str(rank), LOCAL_RANK=str(rank),
-                                      WORLD_SIZE=str(processes), LOCAL_WORLD_SIZE=str(processes))
-                    torch.set_num_threads(1)  # the launcher's one thread; OpenMP's pool would not survive the fork
-                    result = _train_here(self.args)
-                    output.write(json.dumps([result.stdout, result.stderr]).encode())
-                    output.flush()
-                    code = result.returncode
-                finally:
-                    os._exit(code)  # not this process's exit handlers (pytest's)
-            self._children.append((pid, output))
+                self._run_rank(rank, processes, port, output)
+            self._children[pid] = output
+
+    def _run_rank(self, rank: int, processes: int, port: str, output) -> None:
+        code, result = 1, None
+        try:
+            os.environ.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=port, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes),
+                              LOCAL_WORLD_SIZE=str(processes))
+            os.environ.pop("ACCELERATE_DYNAMO_BACKEND", None)  # set only by the launcher (environment.use_the_cores)
+            torch.set_num_threads(1)  # the launcher's one thread; OpenMP's pool does not survive a fork
+            random.seed(), np.random.seed(), torch.seed()  # a new process's own random states, not this one's copy
+            result = _train_here(self.args)
+            code = result.returncode
+        except BaseException:  # noqa: BLE001 - whatever happens, say it and leave
+            result = subprocess.CompletedProcess(self.args, 1, "", traceback.format_exc())
+        finally:
+            if result is not None:
+                output.write(json.dumps([result.stdout, result.stderr]).encode())
+                output.flush()
+            os._exit(code)  # not this process's exit handlers (pytest's)
 
     def communicate(self, timeout: float) -> tuple[str, str]:
-        deadline = time.time() + timeout
-        codes, stdout, stderr = [], "", ""
-        for pid, output in self._children:
-            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-                if time.time() > deadline:
-                    for other, _ in self._children:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(other, signal.SIGKILL)
-                    raise subprocess.TimeoutExpired(self.args, timeout)
-                time.sleep(0.01)
-            codes.append(os.waitstatus_to_exitcode(done[1]))
+        deadline, codes, left = time.time() + timeout, {}, set(self._children)
+        while left and time.time() < deadline:
+            for pid in list(left):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    codes[pid] = os.waitstatus_to_exitcode(status)
+                    left.discard(pid)
+                    if codes[pid] != 0:
+                        deadline = min(deadline, time.time() + self.GRACE_SECONDS)
+            time.sleep(0.01)
+        for pid in left:  # still running at the deadline: killed and reaped
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            codes[pid] = -signal.SIGKILL
+        stdout = stderr = ""
+        for pid, output in self._children.items():
             output.seek(0)
             printed = output.read()
-            out, err = json.loads(printed) if printed else ("", "")
+            out, err = json.loads(printed) if printed else ("", f"(rank pid {pid}: no output, exit code {codes[pid]})")
             stdout, stderr = stdout + out, stderr + err
-        self.returncode = next((code for code in codes if code != 0), 0)
+        if left and all(code in (0, -signal.SIGKILL) for code in codes.values()):
+            raise subprocess.TimeoutExpired(self.args, timeout, stdout, stderr)
+        self.returncode = next((code for code in codes.values() if code != 0), 0)
         return stdout, stderr
 
 
@@ -243,9 +271,15 @@ def run_module(name: str, args: list) -> subprocess.CompletedProcess:
     """`python -m NAME ARGS` in this process: the module run as `__main__` (runpy, as -m runs it), with what it prints
     and the exit code a process would have."""
     args = [str(arg) for arg in args]
-    with mock.patch.object(sys, "argv", [name, *args]), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: "found in sys.modules" (the tests imported it)
-        return _as_a_process(lambda: runpy.run_module(name, run_name="__main__"), args)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # a __main__ block's logging.basicConfig: undone after
+    try:
+        with mock.patch.object(sys, "argv", [name, *args]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*found in sys.modules", RuntimeWarning)  # runpy: the tests imported it
+            return _as_a_process(lambda: runpy.run_module(name, run_name="__main__"), args)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def _as_a_process(main, args: list, stdin: str | None = None) -> subprocess.CompletedProcess:

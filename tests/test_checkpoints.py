@@ -39,7 +39,7 @@ def test_killed_run_resumed_from_latest_equals_the_uninterrupted_run(tiny_bert_d
     killed_at = kill_after_checkpoint(args, b, "step_5")
     assert killed_at and killed_at[-1] != "step_30"
 
-    result = run_train(args + ["--output_dir", b, "--resume_from_checkpoint", "latest"])
+    result = run_train(args + ["--output_dir", b, "--resume_from_checkpoint", "latest"], report_png=True)
     assert f"Resumed from {b / 'checkpoints' / killed_at[-1]}" in result.stderr
     assert comparable(b) == comparable(tmp_path / "a")
     a_weights, b_weights = load_file(tmp_path / "a" / "model.safetensors"), load_file(b / "model.safetensors")

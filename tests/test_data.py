@@ -245,4 +245,7 @@ def test_the_tokenized_rows_cache_key_follows_what_decides_the_tokens(minilm_dir
               tokenized_fingerprint(rows, gpt2, 64, "head", 128)}
     minilm.truncation_side = "left"
     others.add(tokenized_fingerprint(rows, minilm, 64, "head", 128))
-    assert len(others) == 5 and key not in others
+    minilm.truncation_side = "right"
+    minilm.add_tokens(["zzqx"])  # an added token: in the key
+    others.add(tokenized_fingerprint(rows, minilm, 64, "head", 128))
+    assert len(others) == 6 and key not in others

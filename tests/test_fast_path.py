@@ -1,5 +1,6 @@
-"""The GPU fast path, checked on the CPU: length buckets, torch.compile and the NaN guard that needs no host sync give
-the eager loop's per-step losses, stop before a bad update, and resume exactly."""
+"""The GPU fast path, checked on the CPU: length buckets and the NaN guard that needs no host sync give the eager loop's
+per-step losses, stop before a bad update, and resume exactly; torch.compile's defaults and its fallback. (The compiled
+run = the eager one: tests/test_host_sync.py, whose audited compiled run is the suite's one.)"""
 
 import json
 

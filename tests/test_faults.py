@@ -110,11 +110,13 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(uninterrup
 
     finish_launch(ForkedTrain(two + ["--output_dir", out, "--resume_from_checkpoint", "latest"], 2), check=True)
     (resumed, _), (whole, _) = read_outputs(out), read_outputs(full)
+    assert [e["step"] for e in resumed["epochs"]] == [e["step"] for e in whole["epochs"]]
     assert [e["train_loss"] for e in resumed["epochs"]] == pytest.approx([e["train_loss"] for e in whole["epochs"]],
                                                                          abs=1e-4)
     (after, log), (full_after, full_log) = comparable(out), comparable(full)
     assert [step for step, _, _ in log] == [step for step, _, _ in full_log]
     assert [loss for _, loss, _ in log] == pytest.approx([loss for _, loss, _ in full_log], abs=1e-4)
+    assert [rate for _, _, rate in log] == pytest.approx([rate for _, _, rate in full_log], rel=1e-6)
     assert after["loss"] == pytest.approx(full_after["loss"], abs=1e-4) and after["accuracy"] == full_after["accuracy"]
 
 

@@ -1,4 +1,4 @@
-"""One real fine-tune: the pretrained MiniLM encoder learns IMDB sentiment from a few hundred rows (~10 s)."""
+"""One real fine-tune: the pretrained MiniLM encoder learns IMDB sentiment from a few hundred rows (~12 s)."""
 
 import pytest
 
@@ -12,7 +12,7 @@ def test_minilm_learns_imdb_sentiment(minilm_dir, imdb_dir, tmp_path):
     run_train(["--model_name_or_path", minilm_dir, "--dataset_name", imdb_dir, "--output_dir", tmp_path,
                "--train_samples", 192, "--eval_samples", 200, "--max_length", 48, "--truncation_keep", "tail",
                "--num_train_epochs", 2, "--eval_strategy", "no", "--learning_rate", 2e-4,
-               "--per_device_train_batch_size", 8, "--per_device_eval_batch_size", 32])
+               "--per_device_train_batch_size", 8, "--per_device_eval_batch_size", 32], report_png=True)
     metrics, _ = read_outputs(tmp_path)
     assert metrics["before"]["rows"] == metrics["after"]["rows"] == 200
     assert metrics["before"]["accuracy"] == pytest.approx(0.505, abs=0.03)  # a fresh head: chance

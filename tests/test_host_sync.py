@@ -229,7 +229,8 @@ class _FunctionAudit(TorchFunctionMode):
 
 # 62 rows of up to 256 tokens in 16 steps of 4 (the last of 2), logging every 5th step and the last; 21 eval rows in
 # batches of 8, 8 and 5: many lengths and short last batches, which the compiled run takes in one graph each.
-TRAIN_ROWS, EVAL_ROWS, EVAL_BATCH, STEPS, LOGGING_STEPS = 62, 21, 8, 16, 5
+TRAIN_ROWS, BATCH, EVAL_ROWS, EVAL_BATCH, LOGGING_STEPS = 62, 4, 21, 8, 5
+STEPS = -(-TRAIN_ROWS // BATCH)
 EVAL_BATCHES = -(-EVAL_ROWS // EVAL_BATCH)
 # evaluate() keeps each batch's gathered results on the device and reads them after its last batch: four copies to
 # the host, then two .numpy() and one .item() of tensors already there (none of those three waits for a GPU).
@@ -240,7 +241,7 @@ LOGGING_STEP_COUNT = len(range(LOGGING_STEPS, STEPS + 1, LOGGING_STEPS)) + (STEP
 def audited_args(model_dir, data_dir) -> list:
     """train.py's arguments for the runs under audit, less --output_dir and --torch_compile."""
     return ["--model_name_or_path", model_dir, "--dataset_name", data_dir, "--train_samples", TRAIN_ROWS,
-            "--eval_samples", EVAL_ROWS, "--per_device_train_batch_size", 4, "--per_device_eval_batch_size",
+            "--eval_samples", EVAL_ROWS, "--per_device_train_batch_size", BATCH, "--per_device_eval_batch_size",
             EVAL_BATCH, "--max_length", 256, "--num_train_epochs", 1, "--logging_steps", LOGGING_STEPS,
             "--learning_rate", 1e-3]
 
@@ -290,8 +291,9 @@ def test_the_eager_step_reads_nothing_and_evaluation_once_per_batch(model, reque
     check_run(audit, evaluations)
 
 
-# Three batches of 2: a compiled predict's one graph is the training run's evaluation graph, from the compile cache (a
-# batch of 1 would be a graph of its own: 1 is a size dynamo specializes on).
+# Eager predict: batches of 2, 2 and 1. The compiled one takes all six: batches of 2, whose one graph is the training
+# run's evaluation graph, from the compile cache (a batch of 1 is a graph of its own, as 1 is a size dynamo
+# specializes on: 5 s more on a machine that has never compiled).
 TEXTS = ["A wonderful film.", "Dull, and far too long for what it had to say about anything at all.", "Fine.",
          "The cast is good but the script wanders.", "No.", "Two hours I will not get back."]
 
@@ -305,17 +307,17 @@ def classifier_and_tokenizer(model_dir):
     return model, tokenizer
 
 
-def check_predict(model, tokenizer, compiled: bool = False) -> torch.Tensor:
+def check_predict(model, tokenizer, texts: list[str], compiled: bool = False) -> torch.Tensor:
     """predict.predict() as predict.py's main runs it: the masks prepared when eager, the model compiled otherwise."""
     import predict
     from model import prepare_attention_masks
 
     masks = None if compiled else prepare_attention_masks(model)
     with HostReads(compiled=compiled) as audit:
-        probabilities = predict.predict(model, tokenizer, TEXTS, batch_size=2, max_length=16)
+        probabilities = predict.predict(model, tokenizer, texts, batch_size=2, max_length=16)
     if masks is not None:
         masks.remove()
-    batches = -(-len(TEXTS) // 2)
+    batches = -(-len(texts) // 2)
     reads = audit.by_phase()["predict"]
     assert audit.forwards["predict"] == batches
     check_once_per_batch(audit, "predict", batches, end_sync_points=0)
@@ -332,7 +334,7 @@ def _line_of(module, text: str) -> int:
 
 @pytest.mark.parametrize("model", ["tiny_bert", "tiny_gpt2"])
 def test_predict_reads_once_per_batch(model, request):
-    check_predict(*classifier_and_tokenizer(request.getfixturevalue(model)))
+    check_predict(*classifier_and_tokenizer(request.getfixturevalue(model)), TEXTS[:5])
 
 
 def test_the_audit_names_the_op_and_the_line_of_a_read(tiny_bert):
@@ -438,10 +440,10 @@ def test_the_compiled_step_reads_nothing_and_compiles_whole(compiled_run):
     check_run(compiled_run.audit, compiled_run.evaluations)
 
     model, tokenizer = classifier_and_tokenizer(compiled_run.output_dir)
-    eager = check_predict(model, tokenizer)
+    eager = check_predict(model, tokenizer, TEXTS)
     counters.clear()
     compile_classifier(model, "default", fall_back_to_eager=False)
-    compiled = check_predict(model, tokenizer, compiled=True)
+    compiled = check_predict(model, tokenizer, TEXTS, compiled=True)
     assert not counters["graph_break"]
     assert torch.allclose(compiled, eager, atol=1e-6)
     torch._dynamo.reset()
@@ -451,7 +453,8 @@ def test_the_compiled_run_gives_the_eager_per_step_losses(compiled_run, tiny_ber
     run_train(audited_args(tiny_bert, small_imdb) + ["--output_dir", tmp_path / "eager", "--no-torch_compile"])
     (compiled, compiled_log), (eager, eager_log) = read_outputs(compiled_run.output_dir), read_outputs(tmp_path / "eager")
     assert compiled["speed"]["compile_seconds"] > 0 and eager["config"]["torch_compile"] is False
-    assert len({round(r["tokens_per_second"] / r["samples_per_second"]) for r in compiled_log}) == 4  # 4 lengths
+    # Its logging windows' mean real lengths differ: rows of many lengths (each batch padded to its longest).
+    assert len({round(r["tokens_per_second"] / r["samples_per_second"]) for r in compiled_log}) == 4
     # Each logged loss is the mean of its 5 steps (the last: 1): a step that differed would show.
     assert [r["step"] for r in compiled_log] == [5, 10, 15, 16]
     assert [r["loss"] for r in compiled_log] == pytest.approx([r["loss"] for r in eager_log], abs=1e-4)

@@ -1,6 +1,6 @@
 """Real 2-process launches on the CPU (gloo): the same metrics, losses and schedule as one process, one writer, with DDP +
-torch.compile (what several GPUs run by default). Eager 2-process runs (the CPU's default) are in test_faults.py (a
-signal and a resume), test_tasks.py (regression, multi-label) and test_lora.py."""
+torch.compile (what several GPUs run by default). Eager 2-process runs (the CPU's default): a real launch stopped by a
+signal in test_faults.py; forked processes (conftest.ForkedTrain) for its resume, test_tasks.py and test_lora.py."""
 
 import pytest
 

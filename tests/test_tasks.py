@@ -58,11 +58,11 @@ def args_for(kind: str, tiny_bert, data: dict) -> list:
 
 @pytest.fixture(scope="module")
 def runs(tiny_bert, data, tmp_path_factory) -> dict:
-    """Each kind trained once (fp32, one process, checkpoints every 2 steps, TensorBoard): its folder."""
+    """Each kind trained once (fp32, one process, checkpoints every 2 steps, TensorBoard, report.png): its folder."""
     out = tmp_path_factory.mktemp("kinds")
     for kind in KINDS:
         run_train(args_for(kind, tiny_bert, data) + ["--output_dir", out / kind, "--checkpointing_steps", 2,
-                                                     "--report_to", "tensorboard"])
+                                                     "--report_to", "tensorboard"], report_png=True)
     return {kind: out / kind for kind in KINDS}
 
 
