@@ -199,7 +199,7 @@ def test_gradient_accumulation_and_buckets_give_the_big_batchs_steps(kind, runs,
 def test_bf16_follows_fp32(kind, runs, tiny_bert, data, tmp_path):
     run_train(args_for(kind, tiny_bert, data) + ["--output_dir", tmp_path / "bf16", "--mixed_precision", "bf16",
                                                  "--num_train_epochs", 1])
-    (metrics, log), (full, full_log) = read_outputs(tmp_path / "bf16"), read_outputs(runs[kind])
+    (metrics, log), (_, full_log) = read_outputs(tmp_path / "bf16"), read_outputs(runs[kind])
     assert metrics["config"]["mixed_precision"] == "bf16"
     scale = 1.0 if kind == "regression" else 0.05  # squared errors of scores 0..5, or BCE near 0.69
     assert [r["loss"] for r in log] == pytest.approx([r["loss"] for r in full_log[:3]], abs=0.2 * scale)
