@@ -189,7 +189,7 @@ class ForkedTrain:
             os.environ.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=port, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes),
                               LOCAL_WORLD_SIZE=str(processes))
-            os.environ.pop("ACCELERATE_DYNAMO_BACKEND", None)  # set only by the launcher (environment.use_the_cores)
+            os.environ.pop("ACCELERATE_DYNAMO_BACKEND", None)  # set only by the launcher (environment.under_accelerate_launch)
             torch.set_num_threads(1)  # the launcher's one thread; OpenMP's pool does not survive a fork
             random.seed(), np.random.seed(), torch.seed()  # a new process's own random states, not this one's copy
             result = _train_here(self.args)

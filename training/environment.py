@@ -54,11 +54,15 @@ def configure_logging(accelerator) -> None:
         logger.warning("fp16 on a CPU runs far slower than fp32 (no fast fp16 kernels here); use --mixed_precision bf16")
 
 
+def under_accelerate_launch() -> bool:
+    """Started by `accelerate launch` (one process or several), not as `python train.py`."""
+    return "ACCELERATE_DYNAMO_BACKEND" in os.environ  # set by the launcher only
+
+
 def use_the_cores(accelerator) -> None:
     """On a CPU, `accelerate launch` sets OMP_NUM_THREADS=1 per process unless told otherwise, which halves a 2-core
     machine. Use cores / local processes instead, unless the user chose (launcher flag or their own OMP_NUM_THREADS)."""
-    launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ  # set by `accelerate launch`, single- or multi-process
-    if accelerator.device.type != "cpu" or os.environ.get("OMP_NUM_THREADS") != "1" or not launched:
+    if accelerator.device.type != "cpu" or os.environ.get("OMP_NUM_THREADS") != "1" or not under_accelerate_launch():
         return
     try:  # the launcher is our parent process: did its command line or environment set the threads?
         launcher = Path(f"/proc/{os.getppid()}")

@@ -4,7 +4,6 @@ built from metrics.json alone, so any finished run (every kind of task, resumed 
 
 import dataclasses
 import math
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from huggingface_hub.utils import validate_repo_id
 from metrics.history import History
 from metrics.tasks import MULTI_LABEL, REGRESSION, task_for
 from training.cli import Parser, RunError
+from training.environment import under_accelerate_launch
 from training.outputs import final_model_is
 
 CARD = "README.md"
@@ -60,7 +60,7 @@ def command_line(config, num_processes: int) -> str:
         args = hide_tokens(sys.argv[1:])
     else:
         args = _changed_flags(config)
-    launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ or num_processes > 1  # set by `accelerate launch` only
+    launched = under_accelerate_launch() or num_processes > 1
     program = (f"accelerate launch{f' --num_processes {num_processes}' if num_processes > 1 else ''}" if launched
                else "python")
     return shlex.join([*program.split(), "train.py", *args])
