@@ -2,6 +2,7 @@
 their output in one log, row counts scaled down for a CPU dry run, and the machine a table was measured on."""
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -36,16 +37,24 @@ def describe_machine() -> dict:
             "transformers": transformers.__version__, "accelerate": accelerate.__version__}
 
 
+def describe_cpu() -> dict:
+    """The CPU (lscpu) and the instructions that decide its bf16 speed (AMX, AVX512-BF16)."""
+    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    flags = fields.get("Flags", "").split()
+    return {"cpu": fields.get("Model name", "?").strip(), "avx512_bf16": "avx512_bf16" in flags,
+            "amx": any(flag.startswith("amx") for flag in flags), "cores": os.cpu_count()}
+
+
 def machine_name() -> str:
-    """The GPU's name, or the CPU's with the bf16 instructions that decide its bf16 speed (AMX, AVX512-BF16)."""
+    """The GPU's name, or the CPU's with its bf16 instructions and the threads the run used."""
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
-    flags = [flag for flag in ("amx_bf16", "avx512_bf16") if f" {flag}" in info] or ["no bf16 instructions"]
-    return f"{name} ({', '.join(flags)}), {torch.get_num_threads()} threads"
+    cpu = describe_cpu()
+    flags = [name for name, present in (("amx_bf16", cpu["amx"]), ("avx512_bf16", cpu["avx512_bf16"])) if present]
+    return f"{cpu['cpu']} ({', '.join(flags or ['no bf16 instructions'])}), {torch.get_num_threads()} threads"
 
 
 def write_table(name: str, lines: list[str], args, rows: list) -> None:

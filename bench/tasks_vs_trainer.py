@@ -18,7 +18,6 @@ results/tasks-vs-trainer-TASK.{md,json}. Take the timings on a quiet machine.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, describe_machine  # noqa: E402
+from bench.common import ROOT, describe_cpu, describe_machine  # noqa: E402
 from bench.trainer_vs_loop import run_measured, timed  # noqa: E402
 
 DATA = ROOT.parent / "shared/data"
@@ -169,14 +168,6 @@ def run_side(args, side: str) -> dict:
             "train_samples_per_second": speed["train_samples_per_second"],
             "eval_before_seconds": metrics["before"].get("seconds"), "eval_after_seconds": None,  # not timed by it
             "tokenize_seconds": speed.get("tokenize_seconds"), "peak_rss_gib": peak}
-
-
-def describe_cpu() -> dict:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    fields = dict(line.split(":", 1) for line in lines if ":" in line)
-    flags = fields.get("Flags", "").split()
-    return {"cpu": fields.get("Model name", "?").strip(), "avx512_bf16": "avx512_bf16" in flags,
-            "amx": any(flag.startswith("amx") for flag in flags), "cores": os.cpu_count()}
 
 
 def table(args, results: dict, header: dict) -> str:
