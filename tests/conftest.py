@@ -74,7 +74,7 @@ def small_imdb(imdb_dir, tmp_path_factory) -> Path:
     return out
 
 
-def _save_tiny(model, tokenizer, path: Path) -> Path:
+def save_tiny(model, tokenizer, path: Path) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -89,7 +89,7 @@ def tiny_bert(minilm_dir, tmp_path_factory) -> Path:
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
-    return _save_tiny(BertForSequenceClassification(config), tokenizer, tmp_path_factory.mktemp("tiny_bert"))
+    return save_tiny(BertForSequenceClassification(config), tokenizer, tmp_path_factory.mktemp("tiny_bert"))
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +100,7 @@ def tiny_bert_dropout(tiny_bert, tmp_path_factory) -> Path:
     config = AutoConfig.from_pretrained(tiny_bert)
     config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.1
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, config=config)
-    return _save_tiny(model, AutoTokenizer.from_pretrained(tiny_bert), tmp_path_factory.mktemp("tiny_bert_dropout"))
+    return save_tiny(model, AutoTokenizer.from_pretrained(tiny_bert), tmp_path_factory.mktemp("tiny_bert_dropout"))
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +112,7 @@ def tiny_gpt2(gpt2_tokenizer_dir, tmp_path_factory) -> Path:
     config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     torch.manual_seed(0)
-    return _save_tiny(GPT2ForSequenceClassification(config), tokenizer, tmp_path_factory.mktemp("tiny_gpt2"))
+    return save_tiny(GPT2ForSequenceClassification(config), tokenizer, tmp_path_factory.mktemp("tiny_gpt2"))
 
 
 def _free_port() -> int:
@@ -189,7 +189,7 @@ class ForkedTrain:
             os.environ.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=port, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes),
                               LOCAL_WORLD_SIZE=str(processes))
-            os.environ.pop("ACCELERATE_DYNAMO_BACKEND", None)  # set only by the launcher (environment.under_accelerate_launch)
+            os.environ.pop("ACCELERATE_DYNAMO_BACKEND", None)  # the launcher's (under_accelerate_launch)
             torch.set_num_threads(1)  # the launcher's one thread; OpenMP's pool does not survive a fork
             random.seed(), np.random.seed(), torch.seed()  # a new process's own random states, not this one's copy
             result = _train_here(self.args)

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 import predict as predict_module
-from conftest import ROOT, read_outputs, run_in_process, run_train
+from conftest import ROOT, read_outputs, run_in_process, run_train, save_tiny
 from data import load_splits, select_subset
 from metrics.tasks import task_for
 from metrics.throughput import training_flop_rates
@@ -81,10 +81,7 @@ def tiny_models(minilm_dir, gpt2_tokenizer_dir, tmp_path_factory):
             torch.manual_seed(0)
             model = AutoModelForSequenceClassification.from_config(
                 config_class(vocab_size=len(tokenizer), **special, **sizes))
-            path = tmp_path_factory.mktemp(f"tiny_{family}")
-            model.save_pretrained(path)
-            tokenizer.save_pretrained(path)
-            built[family] = path
+            built[family] = save_tiny(model, tokenizer, tmp_path_factory.mktemp(f"tiny_{family}"))
         return built[family]
 
     return get

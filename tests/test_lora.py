@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ForkedTrain, finish_launch, read_outputs, run_train
+from conftest import ForkedTrain, finish_launch, read_outputs, run_train, save_tiny
 from test_train import evaluate_saved, without_predictions
 
 peft = pytest.importorskip("peft", reason="LoRA needs peft (pip install peft)")
@@ -93,10 +93,7 @@ def tiny_distilbert(minilm_dir, tmp_path_factory):
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
     config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
-    out = tmp_path_factory.mktemp("tiny_distilbert")
-    DistilBertForSequenceClassification(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny(DistilBertForSequenceClassification(config), tokenizer, tmp_path_factory.mktemp("tiny_distilbert"))
 
 
 def test_bad_lora_input_is_one_line_before_any_output(tiny_bert, tiny_distilbert, small_imdb, tmp_path, monkeypatch):
